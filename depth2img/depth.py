@@ -1,0 +1,153 @@
+"""Depth: estimate it, normalise it for the UNet, read the user's own map, export it.
+
+Convention everywhere (MiDaS, SD2-depth training, diffusers): larger = nearer ("white = near"); the
+estimators output relative inverse depth (disparity-like).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .errors import InvalidImageError
+from .request import DepthInput
+
+
+@dataclass
+class DepthMaps:
+    """The depth of one generation.
+
+    ``raw``: (h, w) float32 estimate at the estimator's resolution (or the user's map), near = large.
+    ``normalized``: (1, 1, H/8, W/8) float32 in [-1, 1], exactly what the UNet's 5th channel received.
+    """
+
+    raw: np.ndarray
+    normalized: torch.Tensor
+    source: str  # "estimated" or "user"
+
+    def to_image(
+        self, which: Literal["raw", "normalized"] = "raw", *, bits: int = 8, colormap: bool = False
+    ) -> Image.Image:
+        data = self.raw if which == "raw" else self.normalized[0, 0].cpu().numpy()
+        return depth_to_image(data, bits=bits, colormap=colormap)
+
+
+@torch.no_grad()
+def estimate_depth(estimator: Any, feature_extractor: Any, image: Image.Image) -> torch.Tensor:
+    """(1, h, w) float32 relative inverse depth of one RGB image, as diffusers' ``prepare_depth_map``.
+
+    The processor sees the image at its own size (diffusers feeds the raw, un-cropped image). The
+    input is cast to the estimator's own device and dtype: depth2img keeps the estimator in float32
+    (DPT-Hybrid's BatchNorm), which avoids diffusers #8233 / A1111's "MPSFloatType vs MPSHalfType".
+    No OpenCV anywhere, so no "src data type = 23" (float16) failure.
+    """
+    param = next(estimator.parameters())
+    pixel_values = feature_extractor(images=[image], return_tensors="pt").pixel_values
+    pixel_values = pixel_values.to(device=param.device, dtype=param.dtype)  # (1, 3, h_in, w_in)
+    return estimator(pixel_values).predicted_depth.float().cpu()  # (1, h, w)
+
+
+def normalize_depth(depth: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, h, w) depth → (N, 1, *size) in [-1, 1], as diffusers / the original inference scripts.
+
+    Bicubic (align_corners=False, no antialias) to the latent size, then per-sample min-max to [-1, 1].
+    Computed in float32 on the CPU: bicubic is not implemented on MPS (diffusers #8233) and this makes
+    the map the same on every device.
+
+    Deliberate deviation: the reference divides by (max - min) with no epsilon, so a flat map gives NaN
+    and a black image; here a flat map becomes all zeros (mid-depth) instead. Non-flat maps are
+    bit-identical to the reference.
+    """
+    depth = F.interpolate(depth.float().cpu().unsqueeze(1), size=size, mode="bicubic", align_corners=False)
+    dmin = torch.amin(depth, dim=[1, 2, 3], keepdim=True)
+    dmax = torch.amax(depth, dim=[1, 2, 3], keepdim=True)
+    span = dmax - dmin
+    flat = span == 0
+    if bool(flat.any()):
+        warnings.warn("the depth map is flat (constant): it carries no structure; using a mid-depth plane", stacklevel=2)
+    return torch.where(flat, torch.zeros_like(depth), 2.0 * (depth - dmin) / torch.where(flat, 1.0, span) - 1.0)
+
+
+def load_depth_map(src: DepthInput) -> np.ndarray:
+    """The user's own depth map as (H, W) float32, near = large (white = near, MiDaS convention).
+
+    Accepts 8- or 16-bit grayscale PNG/TIFF (precision kept), float TIFF, ``.npy``, arrays and tensors of
+    shape (H, W), (1, H, W) or (H, W, 1). Values only need the right orientation: the map is min-max
+    normalised later. Rejects NaN/Inf and colour images whose channels differ (not a depth map).
+    """
+    if isinstance(src, torch.Tensor):
+        array = src.detach().float().cpu().numpy()
+    elif isinstance(src, np.ndarray):
+        array = src
+    elif isinstance(src, (str, Path)) and Path(src).suffix.lower() == ".npy":
+        array = _load_npy(Path(src))
+    else:
+        from .images import open_image, to_gray_float
+
+        image = open_image(src, what="depth map")
+        if image.mode in ("RGB", "RGBA"):
+            rgb = np.asarray(image.convert("RGB"))
+            if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+                raise InvalidImageError("depth map is a colour image; give a grayscale map (white = near)")
+        array = to_gray_float(image)
+    array = np.asarray(array)
+    if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
+        array = array.reshape(array.shape[1:] if array.shape[0] == 1 else array.shape[:-1])
+    if array.ndim != 2:
+        raise InvalidImageError(f"depth map must be 2-D (H, W), got shape {tuple(array.shape)}")
+    if array.dtype == bool or not np.issubdtype(array.dtype, np.number):
+        raise InvalidImageError(f"depth map must be numeric, got dtype {array.dtype}")
+    array = array.astype(np.float32)
+    if not np.isfinite(array).all():
+        raise InvalidImageError("depth map contains NaN or infinite values")
+    if min(array.shape) < 2:
+        raise InvalidImageError(f"depth map is too small: {array.shape[1]}x{array.shape[0]}")
+    return array
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)  # never unpickle a user file
+    except FileNotFoundError:
+        raise InvalidImageError(f"depth map '{path}' does not exist") from None
+    except (ValueError, OSError, EOFError) as error:
+        raise InvalidImageError(f"depth map '{path}' is not a readable .npy array ({error})") from None
+
+
+def depth_to_image(depth: np.ndarray, *, bits: int = 8, colormap: bool = False) -> Image.Image:
+    """A viewable image of a depth map: min-max to [0, 1], white = near; 8- or 16-bit gray, or colour."""
+    if bits not in (8, 16):
+        raise ValueError(f"bits must be 8 or 16, got {bits}")
+    depth = np.asarray(depth, dtype=np.float64)
+    span = float(depth.max() - depth.min())
+    unit = (depth - depth.min()) / span if span > 0 else np.zeros_like(depth)
+    if colormap:
+        return Image.fromarray(turbo(unit))
+    if bits == 16:
+        return Image.fromarray(np.round(unit * 65535).astype(np.uint16))  # mode I;16
+    return Image.fromarray(np.round(unit * 255).astype(np.uint8))
+
+
+def turbo(unit: np.ndarray) -> np.ndarray:
+    """Google's Turbo colormap (Mikhailov 2019) by its published polynomial fit; (H, W) [0,1] → (H, W, 3) uint8.
+
+    Written by hand because matplotlib is not a dependency; near (1) is red, far (0) is blue.
+    """
+    x = np.clip(unit, 0.0, 1.0)[..., None]
+    powers = np.concatenate([x**k for k in range(6)], axis=-1)  # (H, W, 6)
+    coeffs = np.array(
+        [
+            [0.13572138, 4.61539260, -42.66032258, 132.13108234, -152.94239396, 59.28637943],
+            [0.09140261, 2.19418839, 4.84296658, -14.18503333, 4.27729857, 2.82956604],
+            [0.10667330, 12.64194608, -60.58204836, 110.36276771, -89.90310912, 27.34824973],
+        ]
+    )
+    rgb = powers @ coeffs.T  # (H, W, 3)
+    return np.round(np.clip(rgb, 0.0, 1.0) * 255).astype(np.uint8)

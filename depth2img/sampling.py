@@ -1,0 +1,144 @@
+"""Samplers and the conditioning that wraps the UNet.
+
+The samplers are diffusers' schedulers, chosen by name from :data:`SCHEDULERS` and always built fresh
+from the model's own scheduler config (so no state leaks between requests). The conditioning follows
+k-diffusion's style: small wrappers around the UNet call (:class:`DepthConcat`, :class:`CFGDenoiser`),
+so the loop in :func:`denoise` stays five lines and knows nothing about depth or guidance.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
+    UniPCMultistepScheduler,
+)
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """A named sampler: the diffusers class, config overrides, and A1111's names for the infotext."""
+
+    cls: type
+    overrides: dict[str, Any] = field(default_factory=dict)
+    a1111_name: str = ""
+    schedule_type: str | None = None  # A1111's "Schedule type" (1.9+), e.g. "Karras"
+    uses_eta: bool = False  # whether ``eta`` changes anything (only DDIM's step takes it)
+
+
+SCHEDULERS: dict[str, SchedulerSpec] = {
+    # PNDM with skip_prk_steps is PLMS: the model's own default (hub scheduler_config.json).
+    "pndm": SchedulerSpec(PNDMScheduler, {"skip_prk_steps": True}, "PLMS"),
+    "ddim": SchedulerSpec(DDIMScheduler, {}, "DDIM", uses_eta=True),
+    "euler": SchedulerSpec(EulerDiscreteScheduler, {}, "Euler"),
+    "euler_a": SchedulerSpec(EulerAncestralDiscreteScheduler, {}, "Euler a"),
+    "dpmpp_2m": SchedulerSpec(
+        DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}, "DPM++ 2M"
+    ),
+    "dpmpp_2m_karras": SchedulerSpec(
+        DPMSolverMultistepScheduler,
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+        "DPM++ 2M",
+        "Karras",
+    ),
+    "unipc": SchedulerSpec(UniPCMultistepScheduler, {}, "UniPC"),
+    "lms": SchedulerSpec(LMSDiscreteScheduler, {}, "LMS"),
+}
+SCHEDULER_NAMES: tuple[str, ...] = tuple(SCHEDULERS)
+
+
+def make_scheduler(name: str, base_config: Any) -> Any:
+    """A fresh scheduler ``name`` built from the model's scheduler config (betas, prediction type...)."""
+    spec = SCHEDULERS[name]
+    return spec.cls.from_config(base_config, **spec.overrides)
+
+
+def get_timesteps(scheduler: Any, steps: int, strength: float) -> tuple[torch.Tensor, int]:
+    """img2img truncation of the schedule by strength, exactly as diffusers' ``get_timesteps``.
+
+    Call after ``scheduler.set_timesteps(steps)``. Note PNDM's list has ``steps + 1`` entries (the
+    second-highest timestep twice); truncation keeps diffusers' numerics, one-step offset included.
+    """
+    init_timestep = min(int(steps * strength), steps)
+    t_start = max(steps - init_timestep, 0)
+    timesteps = scheduler.timesteps[t_start * scheduler.order :]
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(t_start * scheduler.order)
+    return timesteps, steps - t_start
+
+
+def step_kwargs(scheduler: Any, generator: Any, eta: float) -> dict[str, Any]:
+    """``eta`` and ``generator`` for schedulers whose ``step`` takes them (DDIM, Euler a), as diffusers."""
+    accepted = set(inspect.signature(scheduler.step).parameters)
+    kwargs: dict[str, Any] = {}
+    if "eta" in accepted:
+        kwargs["eta"] = eta
+    if "generator" in accepted:
+        kwargs["generator"] = generator
+    return kwargs
+
+
+class DepthConcat:
+    """eps = UNet([x, depth], t, text): SD2-depth's hybrid conditioning (depth is input channel 4).
+
+    ``depth`` is (B, 1, h, w) in [-1, 1], or None for a plain 4-channel img2img UNet. When the UNet is
+    called on a CFG-doubled batch the same depth goes to both halves, as in the original and diffusers.
+    The depth is concatenated after ``scale_model_input`` so it is never scaled by the sampler.
+    """
+
+    def __init__(self, unet: Any, depth: torch.Tensor | None) -> None:
+        self.unet, self.depth = unet, depth
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        if self.depth is not None:
+            depth = self.depth.repeat(x.shape[0] // self.depth.shape[0], 1, 1, 1)  # [d, d] for CFG halves
+            x = torch.cat([x, depth], dim=1)  # (2B, 5, h, w)
+        return self.unet(x, t, encoder_hidden_states=text, return_dict=False)[0]
+
+
+class CFGDenoiser:
+    """Classifier-free guidance (Ho & Salimans 2022): eps = eps_u + s (eps_c - eps_u).
+
+    One batched UNet call on ``[uncond, cond]`` (diffusers' order); guidance off when s <= 1.
+    """
+
+    def __init__(self, model: Callable[..., torch.Tensor], cond: torch.Tensor, uncond: torch.Tensor, scale: float):
+        self.model, self.cond, self.uncond, self.scale = model, cond, uncond, scale
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.scale <= 1.0:
+            return self.model(x, t, self.cond)
+        eps_uncond, eps_cond = self.model(torch.cat([x, x]), t, torch.cat([self.uncond, self.cond])).chunk(2)
+        return eps_uncond + self.scale * (eps_cond - eps_uncond)
+
+
+StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], Any]  # (i, total, t, latents)
+
+
+def denoise(
+    scheduler: Any,
+    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    latents: torch.Tensor,
+    timesteps: torch.Tensor,
+    *,
+    extra_step_kwargs: dict[str, Any],
+    on_step: StepCallback | None = None,
+) -> torch.Tensor:
+    """The sampling loop: (B, 4, h, w) noisy latents in, denoised latents out."""
+    for i, t in enumerate(timesteps):
+        x_in = scheduler.scale_model_input(latents, t)
+        eps = model(x_in, t)
+        latents = scheduler.step(eps, t, latents, **extra_step_kwargs, return_dict=False)[0]
+        if on_step is not None:
+            on_step(i, len(timesteps), t, latents)
+    return latents
