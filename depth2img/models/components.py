@@ -1,0 +1,70 @@
+"""The assembled parts of one model, as every loader (tiny, folder, hub, single file) returns them.
+
+No I/O here: loaders build a :class:`Components`, :func:`check_components` proves the parts fit together
+and names the part that does not (the classic wrong-yaml ``[320, 5, 3, 3]`` vs ``[320, 4, 3, 3]``
+failure becomes a sentence instead of a traceback).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..errors import ModelLoadError
+
+ModelKind = Literal["depth", "img2img"]
+
+
+@dataclass
+class Components:
+    """What a :class:`~depth2img.pipeline.Pipeline` is built from.
+
+    ``feature_extractor`` is anything with the transformers image-processor call signature
+    ``feature_extractor(images=[PIL...], return_tensors="pt").pixel_values``: a DPTImageProcessor for a
+    diffusers folder (parity with diffusers), the original MiDaS transform for a single-file checkpoint.
+    """
+
+    unet: Any  # diffusers UNet2DConditionModel; in_channels 5 (depth) or 4 (img2img)
+    vae: Any  # diffusers AutoencoderKL
+    text_encoder: Any  # transformers CLIPTextModel
+    tokenizer: Any  # transformers CLIPTokenizer
+    scheduler: Any  # diffusers scheduler: its config is the base every named sampler is built from
+    depth_estimator: Any | None = None  # transformers depth model (DPT-Hybrid for SD2-depth)
+    feature_extractor: Any | None = None
+    name: str = "model"  # shown as "Model" in infotexts (checkpoint name without extension)
+    source: str = ""  # path or hub id it came from
+    model_hash: str | None = None  # A1111 short hash (sha256[:10] of the checkpoint file), when known
+    depth_source: str = ""  # which depth estimator ("" = the model's own)
+
+    @property
+    def kind(self) -> ModelKind:
+        return "depth" if self.unet.config.in_channels == 5 else "img2img"
+
+
+def check_components(c: Components) -> Components:
+    """Raise :class:`ModelLoadError` naming the first part that does not fit; return ``c`` otherwise."""
+    unet_in = c.unet.config.in_channels
+    latent = c.vae.config.latent_channels
+    if unet_in == 9:
+        raise ModelLoadError(
+            "the UNet has 9 input channels: this is an inpainting model; depth2img needs a depth model "
+            "(5 channels) or a plain img2img model (4 channels)"
+        )
+    if unet_in not in (4, 5):
+        raise ModelLoadError(f"the UNet has {unet_in} input channels; expected 5 (depth) or 4 (img2img)")
+    if c.unet.config.out_channels != latent:
+        raise ModelLoadError(
+            f"the UNet predicts {c.unet.config.out_channels} channels but the VAE has {latent} latent channels"
+        )
+    if unet_in - latent not in (0, 1):
+        raise ModelLoadError(f"the UNet has {unet_in} input channels but the VAE has {latent} latent channels")
+    text_dim = c.text_encoder.config.hidden_size
+    cross_dim = c.unet.config.cross_attention_dim
+    if text_dim != cross_dim:
+        raise ModelLoadError(
+            f"the text encoder gives {text_dim}-dim embeddings but the UNet cross-attends to {cross_dim} "
+            "(text encoder from another model family?)"
+        )
+    if (c.depth_estimator is None) != (c.feature_extractor is None):
+        raise ModelLoadError("a depth estimator needs its feature extractor (image processor), and vice versa")
+    return c
