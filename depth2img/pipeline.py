@@ -1,0 +1,260 @@
+"""Depth-to-image generation, top to bottom, like a diffusers ``__call__``.
+
+Numerically this is diffusers' ``StableDiffusionDepth2ImgPipeline`` (and ``StableDiffusionImg2ImgPipeline``
+for plain 4-channel models): same tokenisation, depth preprocessing, timestep truncation, VAE posterior
+sampling, generator consumption order and scheduler steps, so a diffusers user gets the same picture for
+the same seed (tests/test_parity.py proves it). Deliberate deviations, each tested:
+- a flat depth map gives a mid-depth plane instead of NaN (depth.normalize_depth);
+- a batch uses one CPU generator per image seeded ``seed + i`` (A1111's convention), so image i of a
+  batch is reproducible alone, and is what diffusers gives for ``generator=[Generator(seed + i), ...]``;
+- non-finite latents raise, and a non-finite decode is retried once in float32 instead of returning black.
+"""
+
+from __future__ import annotations
+
+import secrets
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from . import __version__
+from .depth import DepthMaps, estimate_depth, load_depth_map, normalize_depth
+from .devices import depth_device, parse_device, parse_dtype
+from .errors import GenerationCancelled, InvalidRequestError, NonFiniteOutputError
+from .images import load_image, resize_image
+from .infotext import build_infotext
+from .models.components import Components, check_components
+from .request import MAX_SEED, GenerationRequest, ImageInput
+from .result import Result, StepInfo
+from .sampling import SCHEDULERS, CFGDenoiser, DepthConcat, denoise, get_timesteps, make_scheduler, step_kwargs
+
+Callback = Callable[[StepInfo], Any]
+
+
+class Pipeline:
+    """A loaded model. Components are attributes (as in diffusers) and may be inspected or swapped."""
+
+    def __init__(self, components: Components, *, device: torch.device | str | None = None, dtype: Any = None):
+        check_components(components)
+        self.device, self.dtype = parse_device(device), parse_dtype(dtype)
+        self.unet = components.unet.to(self.device, self.dtype).eval()
+        self.vae = components.vae.to(self.device, self.dtype).eval()
+        self.text_encoder = components.text_encoder.to(self.device, self.dtype).eval()
+        self.tokenizer = components.tokenizer
+        self.scheduler = components.scheduler  # its config is the base of every named sampler
+        self.depth_estimator = components.depth_estimator
+        if self.depth_estimator is not None:  # float32 always: DPT-Hybrid's BatchNorm (diffusers' comment)
+            self.depth_estimator = self.depth_estimator.to(depth_device(self.device), torch.float32).eval()
+        self.feature_extractor = components.feature_extractor
+        self.name, self.source, self.model_hash = components.name, components.source, components.model_hash
+        self.depth_source = components.depth_source
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    @property
+    def kind(self) -> str:
+        return "depth" if self.unet.config.in_channels == 5 else "img2img"
+
+    @torch.no_grad()
+    def generate(
+        self, request: GenerationRequest | None = None, /, *, callback: Callback | None = None, **fields: Any
+    ) -> Result:
+        """Run one request (or build one from keyword ``fields``). See :class:`GenerationRequest`."""
+        # 0. Check inputs and decode them; nothing heavy has run yet, so bad input costs nothing.
+        request = self.check_inputs(request if request is not None else GenerationRequest(**fields))
+        image = self.load_init_image(request.image, request)
+        user_depth = load_depth_map(request.depth_map) if request.depth_map is not None else None
+        seeds = resolve_seeds(request.seed, request.batch_size)
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        batch = request.batch_size
+
+        # 1. Encode the prompt: (B, 77, D) each.
+        cond, uncond = self.encode_prompt(request.prompt, request.negative_prompt, batch, request.guidance_scale > 1)
+
+        # 2. Depth: estimate (or take the user's), resize to latent size, normalise to [-1, 1].
+        latent_size = (image.height // self.vae_scale_factor, image.width // self.vae_scale_factor)
+        depth = self.prepare_depth(image, user_depth, latent_size) if self.kind == "depth" else None
+        depth_cond = None if depth is None else depth.normalized.to(self.device, self.dtype).repeat(batch, 1, 1, 1)
+
+        # 3. Timesteps, truncated by strength.
+        scheduler = make_scheduler(request.scheduler, self.scheduler.config)
+        scheduler.set_timesteps(request.steps, device=self.device)
+        timesteps, _ = get_timesteps(scheduler, request.steps, request.strength)
+        if len(timesteps) == 0:
+            raise InvalidRequestError(
+                f"strength {request.strength:g} with {request.steps} steps runs no denoising step; raise either"
+            )
+
+        # 4. Latents: VAE-encode the image, sample the posterior and add noise, one generator per image.
+        pixels = self.image_processor.preprocess(image).to(self.device, self.vae.dtype)  # (1, 3, H, W) in [-1, 1]
+        latents = self.prepare_latents(pixels, timesteps[:1].repeat(batch), generators, scheduler)
+
+        # 5. Denoise: the conditioning wraps the UNet; the loop only sees eps = model(x, t).
+        model = CFGDenoiser(DepthConcat(self.unet, depth_cond), cond, uncond, request.guidance_scale)
+        latents = denoise(
+            scheduler,
+            model,
+            latents,
+            timesteps,
+            extra_step_kwargs=step_kwargs(scheduler, generators, request.eta),
+            on_step=_step_reporter(callback),
+        )
+
+        # 6. Decode, refusing to return NaN/black images.
+        images = self.decode(latents)
+        infotexts = [self.infotext(request, seed, image.size, user_depth is not None) for seed in seeds]
+        return Result(images=images, depth_map=depth, seeds=seeds, infotexts=infotexts, request=request)
+
+    # -- steps -------------------------------------------------------------------------------------
+
+    def check_inputs(self, request: GenerationRequest) -> GenerationRequest:
+        request.validate()
+        if self.kind == "img2img" and request.depth_map is not None:
+            raise InvalidRequestError(f"a depth map was given, but '{self.name}' is a plain img2img model (no depth input)")
+        if self.kind == "depth" and request.depth_map is None and self.depth_estimator is None:
+            raise InvalidRequestError(
+                f"'{self.name}' is a depth model without a depth estimator: give a depth map or a depth model"
+            )
+        if request.image is None:
+            raise InvalidRequestError("an init image is required")
+        return request
+
+    def load_init_image(self, source: ImageInput, request: GenerationRequest) -> Image.Image:
+        """Decode safely; apply the requested size and resize mode (else keep the size, as diffusers)."""
+        image = load_image(source)
+        if request.width is not None and request.height is not None:
+            image = resize_image(image, request.width, request.height, request.resize_mode)
+        if image.width < self.vae_scale_factor or image.height < self.vae_scale_factor:
+            raise InvalidRequestError(f"image is too small: {image.width}x{image.height}")
+        return image
+
+    def encode_prompt(
+        self, prompt: str, negative_prompt: str, batch: int, guidance: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Text embeddings (B, 77, D), as diffusers' ``encode_prompt`` with clip_skip None.
+
+        For SD2 the folder's text encoder has 23 layers: its last hidden state after final_layer_norm
+        *is* OpenCLIP's penultimate layer + ln_final, as the original "penultimate" embedder.
+        """
+        cond = self._encode_text(prompt).repeat(batch, 1, 1)
+        uncond = self._encode_text(negative_prompt).repeat(batch, 1, 1) if guidance else None
+        return cond, uncond
+
+    def _encode_text(self, text: str) -> torch.Tensor:
+        tokenizer = self.tokenizer
+        ids = tokenizer(
+            text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
+        full = tokenizer(text, padding="longest", return_tensors="pt").input_ids
+        if full.shape[-1] > ids.shape[-1]:
+            dropped = tokenizer.batch_decode(full[:, tokenizer.model_max_length - 1 : -1])[0]
+            warnings.warn(f"prompt is longer than {tokenizer.model_max_length} tokens; truncated: {dropped!r}", stacklevel=3)
+        mask = None
+        if getattr(self.text_encoder.config, "use_attention_mask", False):
+            mask = torch.ones_like(ids).to(self.device)
+        return self.text_encoder(ids.to(self.device), attention_mask=mask)[0].to(self.dtype)  # (1, 77, D)
+
+    def prepare_depth(
+        self, image: Image.Image, user_depth: Any | None, latent_size: tuple[int, int]
+    ) -> DepthMaps:
+        """The depth the UNet gets: (1, 1, h, w) in [-1, 1], plus the raw map for display/export."""
+        if user_depth is not None:
+            raw, source = torch.from_numpy(user_depth)[None], "user"  # (1, H, W)
+        else:
+            raw, source = estimate_depth(self.depth_estimator, self.feature_extractor, image), "estimated"
+        return DepthMaps(raw=raw[0].numpy(), normalized=normalize_depth(raw, latent_size), source=source)
+
+    def estimate_depth(self, image: ImageInput) -> DepthMaps:
+        """Depth of an image with this model's estimator (for ``depth2img depth`` and previews)."""
+        if self.depth_estimator is None:
+            raise InvalidRequestError(f"'{self.name}' has no depth estimator; give a depth model")
+        picture = load_image(image)
+        size = (picture.height // self.vae_scale_factor, picture.width // self.vae_scale_factor)
+        return self.prepare_depth(picture, None, size)
+
+    def prepare_latents(
+        self, pixels: torch.Tensor, latent_timestep: torch.Tensor, generators: list[torch.Generator], scheduler: Any
+    ) -> torch.Tensor:
+        """Noisy latents (B, 4, H/8, W/8). Generator i first draws the VAE posterior noise of image i,
+        then its initial noise: diffusers' order for ``generator=[...]``. The encoder runs once."""
+        posterior = self.vae.encode(pixels).latent_dist
+        init = torch.cat([posterior.sample(generator=g) for g in generators]) * self.vae.config.scaling_factor
+        init = init.to(self.dtype)
+        noise = randn_tensor(init.shape, generator=generators, device=self.device, dtype=self.dtype)
+        return scheduler.add_noise(init, noise, latent_timestep)
+
+    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        """Latents → PIL images. Non-finite latents raise; a non-finite decode is retried once in float32
+        (A1111's auto VAE precision); the VAE then stays float32 for later calls."""
+        if not torch.isfinite(latents).all():
+            raise NonFiniteOutputError("unet", str(self.dtype).removeprefix("torch."), "try float32 or bfloat16")
+        scaled = latents / self.vae.config.scaling_factor
+        pixels = self.vae.decode(scaled.to(self.vae.dtype), return_dict=False)[0]
+        if not torch.isfinite(pixels).all() and self.vae.dtype != torch.float32:
+            warnings.warn(f"VAE decode overflowed in {self.vae.dtype}; retrying in float32", stacklevel=2)
+            self.vae.to(torch.float32)
+            pixels = self.vae.decode(scaled.float(), return_dict=False)[0]
+        if not torch.isfinite(pixels).all():
+            raise NonFiniteOutputError("vae", str(self.vae.dtype).removeprefix("torch."), "the model weights may be broken")
+        return self.image_processor.postprocess(pixels.float(), output_type="pil")
+
+    def infotext(self, request: GenerationRequest, seed: int, size: tuple[int, int], own_depth: bool) -> str:
+        spec = SCHEDULERS[request.scheduler]
+        params: dict[str, object] = {
+            "Steps": request.steps,
+            "Sampler": spec.a1111_name,
+            "Schedule type": spec.schedule_type,
+            "CFG scale": request.guidance_scale,
+            "Seed": seed,
+            "Size": f"{size[0]}x{size[1]}",
+            "Model hash": self.model_hash,
+            "Model": self.name,
+            "Denoising strength": request.strength,
+            "Eta": request.eta if request.eta and spec.uses_eta else None,
+            "Depth": ("own map" if own_depth else self.depth_source or "estimated") if self.kind == "depth" else None,
+            **request.extra,
+            "Version": f"depth2img {__version__}",
+        }
+        return build_infotext(request.prompt, request.negative_prompt, params)
+
+
+def resolve_seeds(seed: int | None, batch: int) -> list[int]:
+    """Per-image seeds ``seed + i`` (A1111); None or -1 draws a random base seed."""
+    if seed is None or seed == -1:
+        seed = secrets.randbelow(MAX_SEED - batch)
+    return [seed + i for i in range(batch)]
+
+
+def _step_reporter(callback: Callback | None) -> Callable[..., None] | None:
+    if callback is None:
+        return None
+
+    def report(step: int, total: int, t: torch.Tensor, latents: torch.Tensor) -> None:
+        if callback(StepInfo(step=step, total=total, timestep=int(t), latents=latents)) is False:
+            raise GenerationCancelled(f"cancelled after step {step + 1} of {total}")
+
+    return report
+
+
+def load_pipeline(
+    model: str | Components = "tiny",
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | str | None = None,
+    depth_model: str | None = None,
+) -> Pipeline:
+    """Load ``model`` (built-in name, diffusers folder, checkpoint file, hub id, or Components).
+
+    ``device`` defaults to cpu and ``dtype`` to float32 (diffusers' "highest precision" default);
+    ``depth_model`` swaps in any transformers depth estimator (folder or hub id).
+    """
+    from .models.registry import load_components
+
+    parsed = parse_dtype(dtype)
+    components = model if isinstance(model, Components) else load_components(model, dtype=parsed, depth_model=depth_model)
+    return Pipeline(components, device=device, dtype=parsed)
