@@ -189,24 +189,19 @@ def to_gray_float(img: Image.Image | np.ndarray) -> np.ndarray:
     channels are equal, else ITU-R 601 luma (the weights of Pillow's ``convert("L")``) computed in
     float instead of rounded to 8 bits. Alpha is ignored. Used for masks and depth maps.
     """
-    if isinstance(img, Image.Image):
-        if img.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
-            img = img.convert("RGB")
-        elif img.mode in ("RGBa", "La"):
-            img = img.convert("RGBA")
-        a = np.asarray(img)
-    else:
-        a = np.asarray(img)
-    if a.ndim == 3:
-        if a.shape[2] in (2, 1):  # gray(+alpha)
-            a = a[:, :, 0]
-        elif a.shape[2] in (3, 4):
-            rgb = a[:, :, :3]
-            if (rgb[:, :, 0] == rgb[:, :, 1]).all() and (rgb[:, :, 1] == rgb[:, :, 2]).all():
-                a = rgb[:, :, 0]
-            else:
-                luma = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-                return _scale(luma, rgb.dtype)
+    if isinstance(img, Image.Image) and img.mode in ("P", "PA", "RGBa", "La"):
+        img = img.convert("RGBA")  # RGBA, not RGB: Pillow warns converting P+transparency to RGB
+    elif isinstance(img, Image.Image) and img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        img = img.convert("RGB")
+    a = np.asarray(img)
+    if a.ndim == 3 and a.shape[2] in (1, 2):  # gray(+alpha)
+        a = a[:, :, 0]
+    elif a.ndim == 3 and a.shape[2] in (3, 4):
+        rgb = a[:, :, :3]
+        if (rgb[:, :, 0] == rgb[:, :, 1]).all() and (rgb[:, :, 1] == rgb[:, :, 2]).all():
+            a = rgb[:, :, 0]
+        else:
+            return _scale(rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114]), rgb.dtype)
     if a.ndim != 2:
         raise InvalidImageError(f"expected an HW or HWC image, got shape {a.shape}")
     return _scale(a, a.dtype)
