@@ -182,10 +182,10 @@ def test_transform_matches_the_original_steps():
     rng = np.random.default_rng(0)
     arr = rng.integers(0, 256, size=(80, 120, 3), dtype=np.uint8)
     out = MidasTransform()(images=[Image.fromarray(arr)], return_tensors="pt").pixel_values
-    assert out.shape == (1, 3, 384, 576) and out.dtype == torch.float32
+    assert out.shape == (1, 3, 256, 384) and out.dtype == torch.float32
     # the original order: float [0,1] HWC -> bicubic (a=-0.75, half-pixel, no antialias) -> (x-0.5)/0.5
     x = torch.from_numpy(arr.astype(np.float32) / 255).permute(2, 0, 1)[None]
-    ref = (F.interpolate(x, size=(384, 576), mode="bicubic", align_corners=False) - 0.5) / 0.5
+    ref = (F.interpolate(x, size=(256, 384), mode="bicubic", align_corners=False) - 0.5) / 0.5
     assert torch.equal(out, ref)
     # bicubic overshoot is kept (no clipping), as cv2 does
     assert out.min() < -1 or out.max() > 1
