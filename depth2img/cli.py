@@ -138,18 +138,19 @@ def depth_command(
     colormap: Annotated[bool, typer.Option("--colormap", help="Write a colour (Turbo) preview instead of grayscale.")] = False,
     device: DeviceOpt = "cpu",
 ) -> None:
-    """Estimate a depth map and write it as an image."""
-    from .depth import depth_to_image
+    """Estimate a depth map and write it as an image the size of the photo (white = near)."""
+    from .depth import depth_to_image, resize_depth
     from .errors import InvalidRequestError
-    from .images import save_png
+    from .images import load_image, save_png
 
     if bits not in (8, 16):
         raise InvalidRequestError(f"--bits must be 8 or 16, got {bits}")
     if model is not None and depth_model is not None:
         raise InvalidRequestError("give --model or --depth-model, not both")
     pipe = _load(model or "tiny", device, "float32", depth_model)
-    maps = pipe.estimate_depth(image)
-    save_png(depth_to_image(maps.raw, bits=bits, colormap=colormap), out)
+    picture = load_image(image)
+    raw = resize_depth(pipe.estimate_depth(picture).raw, (picture.height, picture.width))
+    save_png(depth_to_image(raw, bits=bits, colormap=colormap), out)
     err.print(f"wrote {out}", highlight=False)
 
 

@@ -41,6 +41,11 @@ def load_folder(path: Path, *, dtype: torch.dtype = torch.float32, name: str | N
     scheduler = _load_scheduler(path, index)
     depth_estimator = feature_extractor = None
     if index.get("depth_estimator") and index["depth_estimator"][0] is not None:
+        if unet.config.in_channels != 5:
+            raise ModelLoadError(
+                f"{path} has a depth_estimator, so it is a depth model, but its unet has "
+                f"{unet.config.in_channels} input channels, not 5 (latents + depth): wrong unet?"
+            )
         depth_estimator, feature_extractor = load_depth_estimator(path / "depth_estimator", path / "feature_extractor")
     components = Components(
         unet=unet,
@@ -61,7 +66,7 @@ def load_depth_estimator(model_dir: Path | str, processor_dir: Path | str | None
     """Any transformers depth model (DPT-Hybrid, DPT-Large, Depth Anything...) with its image processor."""
     model = _strict_transformers(AutoModelForDepthEstimation, model_dir, "depth_estimator")
     processor = _load(
-        lambda: AutoImageProcessor.from_pretrained(processor_dir or model_dir, use_fast=False),
+        lambda: AutoImageProcessor.from_pretrained(processor_dir or model_dir),
         Path(str(processor_dir or model_dir)),
         "feature_extractor",
     )
