@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .errors import InvalidImageError
-from .request import DepthInput
+from .request import DepthInput, GenerationRequest
 
 
 @dataclass
@@ -151,3 +151,41 @@ def turbo(unit: np.ndarray) -> np.ndarray:
     )
     rgb = powers @ coeffs.T  # (H, W, 3)
     return np.round(np.clip(rgb, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def adjust_depth(depth: np.ndarray, *, invert: bool = False, clip: tuple[float, float] = (0.0, 100.0)) -> np.ndarray:
+    """Depth conventions and clipping, applied to the raw map (own or estimated) before normalisation.
+
+    ``invert``: for maps where black = near (Blender Z pass, most depth cameras): ``max + min - d``,
+    so the value range is kept. ``clip`` = (far, near) *percentiles* of the (inverted) map: values
+    beyond them are clamped, and the later min-max normalisation stretches what is left over [-1, 1]
+    (the depthmap-script's "clip and renormalise"). Percentiles rather than values because own maps
+    come in any unit (metres, disparity, 8/16-bit). Both are depth2img additions; the reference has none.
+    """
+    out = np.asarray(depth, dtype=np.float32)
+    if invert:
+        out = out.max() + out.min() - out
+    if tuple(clip) != (0.0, 100.0):
+        far, near = np.percentile(out, [clip[0], clip[1]])
+        out = np.clip(out, far, near).astype(np.float32)
+    return out
+
+
+def crop_depth(depth: np.ndarray, box: tuple[int, int, int, int], image_size: tuple[int, int]) -> np.ndarray:
+    """The part of a (H, W) depth map under ``box`` (x1, y1, x2, y2) given in an image of ``image_size``
+    (W, H); the map may have another resolution than the image, so the box is scaled to it."""
+    sx, sy = depth.shape[1] / image_size[0], depth.shape[0] / image_size[1]
+    x1, y1 = int(box[0] * sx), int(box[1] * sy)
+    x2, y2 = max(x1 + 2, round(box[2] * sx)), max(y1 + 2, round(box[3] * sy))
+    return np.ascontiguousarray(depth[y1:y2, x1:x2])
+
+
+def depth_control_params(request: GenerationRequest) -> dict[str, object]:
+    """Infotext entries for the depth controls that differ from their defaults (depth2img's own keys)."""
+    clip = tuple(request.depth_clip)
+    return {
+        "Depth invert": True if request.invert_depth else None,
+        "Depth clip": f"{clip[0]:g}-{clip[1]:g}" if clip != (0.0, 100.0) else None,
+        "Depth strength": request.depth_strength if request.depth_strength != 1.0 else None,
+        "Depth end": request.depth_end if request.depth_end != 1.0 else None,
+    }

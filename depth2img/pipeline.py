@@ -23,15 +23,34 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from . import __version__
-from .depth import DepthMaps, estimate_depth, load_depth_map, normalize_depth
+from .depth import (
+    DepthMaps,
+    adjust_depth,
+    crop_depth,
+    depth_control_params,
+    estimate_depth,
+    load_depth_map,
+    normalize_depth,
+)
 from .devices import depth_device, parse_device, parse_dtype
 from .errors import GenerationCancelled, InvalidRequestError, NonFiniteOutputError
-from .images import load_image, resize_image
+from .images import floor_to_multiple, load_image, resize_image
 from .infotext import build_infotext
+from .inpaint import InpaintJob, inpaint_params, prepare_inpaint
 from .models.components import Components, check_components
 from .request import MAX_SEED, GenerationRequest, ImageInput
 from .result import Result, StepInfo
-from .sampling import SCHEDULERS, CFGDenoiser, DepthConcat, denoise, get_timesteps, make_scheduler, step_kwargs
+from .sampling import (
+    SCHEDULERS,
+    CFGDenoiser,
+    DepthConcat,
+    LatentBlend,
+    denoise,
+    depth_end_timestep,
+    get_timesteps,
+    make_scheduler,
+    step_kwargs,
+)
 
 Callback = Callable[[StepInfo], Any]
 
@@ -67,8 +86,9 @@ class Pipeline:
         """Run one request (or build one from keyword ``fields``). See :class:`GenerationRequest`."""
         # 0. Check inputs and decode them; nothing heavy has run yet, so bad input costs nothing.
         request = self.check_inputs(request if request is not None else GenerationRequest(**fields))
-        image = self.load_init_image(request.image, request)
         user_depth = load_depth_map(request.depth_map) if request.depth_map is not None else None
+        job = self.prepare_inpaint(request) if request.mask is not None else None
+        image = job.image if job is not None else self.load_init_image(request)  # what the model sees; None: depth only
         seeds = resolve_seeds(request.seed, request.batch_size)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         batch = request.batch_size
@@ -76,37 +96,57 @@ class Pipeline:
         # 1. Encode the prompt: (B, 77, D) each.
         cond, uncond = self.encode_prompt(request.prompt, request.negative_prompt, batch, request.guidance_scale > 1)
 
-        # 2. Depth: estimate (or take the user's), resize to latent size, normalise to [-1, 1].
-        latent_size = (image.height // self.vae_scale_factor, image.width // self.vae_scale_factor)
-        depth = self.prepare_depth(image, user_depth, latent_size) if self.kind == "depth" else None
+        # 2. Depth: estimate on the image the model sees (or take the user's), adjust, normalise to [-1, 1].
+        width, height = image.size if image is not None else self.depth_only_size(user_depth, request)
+        latent_size = (height // self.vae_scale_factor, width // self.vae_scale_factor)
+        if self.kind == "depth" and job is not None and job.box is not None and user_depth is not None:
+            user_depth = crop_depth(user_depth, job.box, job.original.size)
+        depth = self.prepare_depth(image, user_depth, latent_size, request) if self.kind == "depth" else None
         depth_cond = None if depth is None else depth.normalized.to(self.device, self.dtype).repeat(batch, 1, 1, 1)
 
-        # 3. Timesteps, truncated by strength.
+        # 3. Timesteps, truncated by strength (depth only: the whole schedule, from pure noise).
         scheduler = make_scheduler(request.scheduler, self.scheduler.config)
         scheduler.set_timesteps(request.steps, device=self.device)
-        timesteps, _ = get_timesteps(scheduler, request.steps, request.strength)
+        timesteps, _ = get_timesteps(scheduler, request.steps, request.strength if image is not None else 1.0)
         if len(timesteps) == 0:
             raise InvalidRequestError(
                 f"strength {request.strength:g} with {request.steps} steps runs no denoising step; raise either"
             )
 
         # 4. Latents: VAE-encode the image, sample the posterior and add noise, one generator per image.
-        pixels = self.image_processor.preprocess(image).to(self.device, self.vae.dtype)  # (1, 3, H, W) in [-1, 1]
-        latents = self.prepare_latents(pixels, timesteps[:1].repeat(batch), generators, scheduler)
+        #    Inpainting: masked content acts on the clean latents, and the scheduler is wrapped so that
+        #    after every step the kept region is the original re-noised with the same noise.
+        extra_step_kwargs = step_kwargs(scheduler, generators, request.eta)
+        if image is None:  # depth only: pure noise, as txt2img
+            shape = (batch, self.vae.config.latent_channels, *latent_size)  # (B, 4, H/8, W/8)
+            latents = randn_tensor(shape, generator=generators, device=self.device, dtype=self.dtype)
+            latents = latents * scheduler.init_noise_sigma
+        else:
+            pixels = self.image_processor.preprocess(image).to(self.device, self.vae.dtype)  # (1, 3, H, W) in [-1, 1]
+            init, noise = self.prepare_latents(pixels, generators)  # (B, 4, H/8, W/8) each
+            if job is not None:
+                latent_mask = job.latent_mask(latent_size, self.device, self.dtype)  # (1, 1, H/8, W/8), 1 = repaint
+                init = job.prepare_init_latents(init, latent_mask, generators)
+                scheduler = LatentBlend(scheduler, init, noise, latent_mask, timesteps)
+            latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(batch))
 
         # 5. Denoise: the conditioning wraps the UNet; the loop only sees eps = model(x, t).
-        model = CFGDenoiser(DepthConcat(self.unet, depth_cond), cond, uncond, request.guidance_scale)
+        end_timestep = depth_end_timestep(timesteps, request.depth_end)
+        unet = DepthConcat(self.unet, depth_cond, strength=request.depth_strength, end_timestep=end_timestep)
+        model = CFGDenoiser(unet, cond, uncond, request.guidance_scale)
         latents = denoise(
             scheduler,
             model,
             latents,
             timesteps,
-            extra_step_kwargs=step_kwargs(scheduler, generators, request.eta),
+            extra_step_kwargs=extra_step_kwargs,
             on_step=_step_reporter(callback),
         )
 
-        # 6. Decode, refusing to return NaN/black images.
+        # 6. Decode, refusing to return NaN/black images; inpainting puts the original back where kept.
         images = self.decode(latents)
+        if job is not None:
+            images = [job.composite(picture) for picture in images]
         infotexts = [self.infotext(request, seed, images[0].size, user_depth is not None) for seed in seeds]
         return Result(images=images, depth_map=depth, seeds=seeds, infotexts=infotexts, request=request)
 
@@ -120,18 +160,49 @@ class Pipeline:
             raise InvalidRequestError(
                 f"'{self.name}' is a depth model without a depth estimator: give a depth map or a depth model"
             )
-        if request.image is None:
-            raise InvalidRequestError("an init image is required")
+        if request.image is None and self.kind == "img2img":
+            raise InvalidRequestError(f"'{self.name}' is a plain img2img model: it needs an init image")
+        if self.kind == "img2img" and not request.depth_controls_default:
+            raise InvalidRequestError(f"depth controls were given, but '{self.name}' is a plain img2img model")
         return request
 
-    def load_init_image(self, source: ImageInput, request: GenerationRequest) -> Image.Image:
+    def load_init_image(self, request: GenerationRequest) -> Image.Image | None:
         """Decode safely; apply the requested size and resize mode (else keep the size, as diffusers)."""
-        image = load_image(source)
+        if request.image is None:
+            return None
+        image = load_image(request.image)
         if request.width is not None and request.height is not None:
             image = resize_image(image, request.width, request.height, request.resize_mode)
         if image.width < self.vae_scale_factor or image.height < self.vae_scale_factor:
             raise InvalidRequestError(f"image is too small: {image.width}x{image.height}")
         return image
+
+    def prepare_inpaint(self, request: GenerationRequest) -> InpaintJob:
+        """Mask, blur, crop and fill (inpaint.py, A1111's rules) on the full-size decoded image."""
+        assert request.image is not None and request.mask is not None  # validate() guarantees both
+        image = load_image(request.image)
+        if image.width < self.vae_scale_factor or image.height < self.vae_scale_factor:
+            raise InvalidRequestError(f"image is too small: {image.width}x{image.height}")
+        size = (request.width, request.height) if request.width is not None and request.height is not None else None
+        return prepare_inpaint(
+            image,
+            request.mask,
+            size=size,
+            resize_mode=request.resize_mode,
+            mask_blur=request.mask_blur,
+            masked_content=request.masked_content,
+            inpaint_area=request.inpaint_area,
+            padding=request.padding,
+            invert=request.invert_mask,
+            multiple=self.vae_scale_factor,
+        )
+
+    def depth_only_size(self, user_depth: Any, request: GenerationRequest) -> tuple[int, int]:
+        """(W, H) of a depth-only generation: the requested size, else the depth map's floored to 8."""
+        if request.width is not None and request.height is not None:
+            return request.width, request.height
+        height, width = user_depth.shape
+        return floor_to_multiple(width, height, self.vae_scale_factor)
 
     def encode_prompt(
         self, prompt: str, negative_prompt: str, batch: int, guidance: bool
@@ -160,13 +231,21 @@ class Pipeline:
         return self.text_encoder(ids.to(self.device), attention_mask=mask)[0].to(self.dtype)  # (1, 77, D)
 
     def prepare_depth(
-        self, image: Image.Image, user_depth: Any | None, latent_size: tuple[int, int]
+        self,
+        image: Image.Image | None,
+        user_depth: Any | None,
+        latent_size: tuple[int, int],
+        request: GenerationRequest | None = None,
     ) -> DepthMaps:
-        """The depth the UNet gets: (1, 1, h, w) in [-1, 1], plus the raw map for display/export."""
+        """The depth the UNet gets: (1, 1, h, w) in [-1, 1] (before depth_strength/depth_end, which
+        :class:`DepthConcat` applies), plus the raw map (after invert/clip) for display/export."""
         if user_depth is not None:
             raw, source = torch.from_numpy(user_depth)[None], "user"  # (1, H, W)
         else:
+            assert image is not None  # check_inputs: depth only needs a depth map
             raw, source = estimate_depth(self.depth_estimator, self.feature_extractor, image), "estimated"
+        if request is not None and (request.invert_depth or tuple(request.depth_clip) != (0.0, 100.0)):
+            raw = torch.from_numpy(adjust_depth(raw[0].numpy(), invert=request.invert_depth, clip=request.depth_clip))[None]
         return DepthMaps(raw=raw[0].numpy(), normalized=normalize_depth(raw, latent_size), source=source)
 
     def estimate_depth(self, image: ImageInput) -> DepthMaps:
@@ -177,16 +256,15 @@ class Pipeline:
         size = (picture.height // self.vae_scale_factor, picture.width // self.vae_scale_factor)
         return self.prepare_depth(picture, None, size)
 
-    def prepare_latents(
-        self, pixels: torch.Tensor, latent_timestep: torch.Tensor, generators: list[torch.Generator], scheduler: Any
-    ) -> torch.Tensor:
-        """Noisy latents (B, 4, H/8, W/8). Generator i first draws the VAE posterior noise of image i,
-        then its initial noise: diffusers' order for ``generator=[...]``. The encoder runs once."""
+    def prepare_latents(self, pixels: torch.Tensor, generators: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clean latents and noise, (B, 4, H/8, W/8) each. Generator i first draws the VAE posterior noise
+        of image i, then its initial noise: diffusers' order for ``generator=[...]``. The encoder runs once.
+        The caller adds the noise at the first timestep (``scheduler.add_noise``), as diffusers does."""
         posterior = self.vae.encode(pixels).latent_dist
         init = torch.cat([posterior.sample(generator=g) for g in generators]) * self.vae.config.scaling_factor
         init = init.to(self.dtype)
         noise = randn_tensor(init.shape, generator=generators, device=self.device, dtype=self.dtype)
-        return scheduler.add_noise(init, noise, latent_timestep)
+        return init, noise
 
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
         """Latents → PIL images. Non-finite latents raise; a non-finite decode is retried once in float32
@@ -217,6 +295,8 @@ class Pipeline:
             "Denoising strength": request.strength,
             "Eta": request.eta if request.eta and spec.uses_eta else None,
             "Depth": ("own map" if own_depth else self.depth_source or "estimated") if self.kind == "depth" else None,
+            **inpaint_params(request),
+            **depth_control_params(request),
             **request.extra,
             "Version": f"depth2img {__version__}",
         }

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 
 ResizeMode = Literal["just_resize", "crop_and_resize", "resize_and_fill"]
 RESIZE_MODES: tuple[str, ...] = ("just_resize", "crop_and_resize", "resize_and_fill")
+MaskedContent = Literal["original", "fill", "latent_noise", "latent_nothing"]  # A1111's "Masked content"
+MASKED_CONTENTS: tuple[str, ...] = ("original", "fill", "latent_noise", "latent_nothing")
+InpaintArea = Literal["whole", "only_masked"]  # A1111's "Whole picture" / "Only masked"
+INPAINT_AREAS: tuple[str, ...] = ("whole", "only_masked")
 
 # An image is a PIL image, an HWC uint8/float array, a path, or encoded bytes; a depth map may also
 # be an (H, W) array/tensor. Decoding (and its safety checks) happens in images.py / depth.py.
@@ -53,6 +57,18 @@ class GenerationRequest:
     scheduler: str = "pndm"
     depth_map: DepthInput | None = None  # own depth map (white = near), replaces the estimate
     eta: float = 0.0  # DDIM eta; ignored by schedulers without it
+    # Inpainting (A1111's names and defaults; see inpaint.py). Without a mask these are ignored.
+    mask: ImageInput | None = None  # white = repaint; an RGBA mask's alpha is used; resized if same aspect
+    mask_blur: float = 4  # Gaussian sigma in pixels (A1111 kernel), 0..64
+    masked_content: MaskedContent = "original"
+    inpaint_area: InpaintArea = "whole"
+    padding: int = 32  # only_masked: pixels around the mask's bounding box, 0..256
+    invert_mask: bool = False  # A1111's "Inpaint not masked"
+    # Depth controls (depth models only; the defaults leave the reference behaviour bit for bit).
+    invert_depth: bool = False  # the map (own or estimated) uses black = near (Blender Z, depth cameras)
+    depth_clip: tuple[float, float] = (0.0, 100.0)  # far/near clip as percentiles of the map, then renormalised
+    depth_strength: float = 1.0  # 1 = as trained; 0 = flat map (no structure); blends toward mid-depth
+    depth_end: float = 1.0  # fraction of the steps that get the depth; flat map afterwards
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, copied into the infotext
 
     def replace(self, **changes: Any) -> GenerationRequest:
@@ -88,7 +104,46 @@ class GenerationRequest:
             raise InvalidRequestError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULER_NAMES)}")
         if self.image is None and self.depth_map is None:
             raise InvalidRequestError("an image is required (or a depth map for depth-only generation)")
+        self._validate_inpaint()
+        self._validate_depth_controls()
         return self
+
+    def _validate_inpaint(self) -> None:
+        """A1111's UI ranges: blur 0-64, padding 0-256."""
+        if self.mask is not None and self.image is None:
+            raise InvalidRequestError("a mask needs an image to inpaint")
+        if self.invert_mask and self.mask is None:
+            raise InvalidRequestError("invert_mask needs a mask")
+        _check_number("mask_blur", self.mask_blur, 0.0, 64.0)
+        if self.masked_content not in MASKED_CONTENTS:
+            raise InvalidRequestError(
+                f"unknown masked_content {self.masked_content!r}; choose one of {', '.join(MASKED_CONTENTS)}"
+            )
+        if self.inpaint_area not in INPAINT_AREAS:
+            raise InvalidRequestError(f"unknown inpaint_area {self.inpaint_area!r}; choose one of {', '.join(INPAINT_AREAS)}")
+        _check_int("padding", self.padding, 0, 256)
+
+    def _validate_depth_controls(self) -> None:
+        if not isinstance(self.invert_depth, bool):
+            raise InvalidRequestError(f"invert_depth must be true or false, got {self.invert_depth!r}")
+        if not isinstance(self.depth_clip, (tuple, list)) or len(self.depth_clip) != 2:
+            raise InvalidRequestError(f"depth_clip must be two percentiles (far, near), got {self.depth_clip!r}")
+        _check_number("depth_clip far", self.depth_clip[0], 0.0, 100.0)
+        _check_number("depth_clip near", self.depth_clip[1], 0.0, 100.0)
+        if self.depth_clip[0] >= self.depth_clip[1]:
+            raise InvalidRequestError(f"depth_clip far percentile must be below near, got {tuple(self.depth_clip)}")
+        _check_number("depth_strength", self.depth_strength, 0.0, 1.0)
+        _check_number("depth_end", self.depth_end, 0.0, 1.0)
+
+    @property
+    def depth_controls_default(self) -> bool:
+        """True when no depth control is set, so the reference path runs untouched."""
+        return (
+            not self.invert_depth
+            and tuple(self.depth_clip) == (0.0, 100.0)
+            and self.depth_strength == 1.0
+            and self.depth_end == 1.0
+        )
 
 
 def _check_number(name: str, value: object, low: float, high: float) -> None:

@@ -9,6 +9,7 @@ so the loop in :func:`denoise` stays five lines and knows nothing about depth or
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,16 +95,42 @@ class DepthConcat:
     ``depth`` is (B, 1, h, w) in [-1, 1], or None for a plain 4-channel img2img UNet. When the UNet is
     called on a CFG-doubled batch the same depth goes to both halves, as in the original and diffusers.
     The depth is concatenated after ``scale_model_input`` so it is never scaled by the sampler.
+
+    Depth controls (depth2img's own; the defaults leave the reference untouched, bit for bit):
+    ``strength`` s scales the normalised map toward the flat mid-depth plane 0 (s·d, so s = 0 is no
+    structure); ``end_timestep`` feeds the depth only while ``t >= end_timestep`` and the flat plane
+    after (see :func:`depth_end_timestep`), like ControlNet's "ending control step".
     """
 
-    def __init__(self, unet: Any, depth: torch.Tensor | None) -> None:
-        self.unet, self.depth = unet, depth
+    def __init__(
+        self, unet: Any, depth: torch.Tensor | None, *, strength: float = 1.0, end_timestep: float | None = None
+    ) -> None:
+        if depth is not None and strength != 1.0:
+            depth = depth * strength  # (B, 1, h, w), toward the flat plane
+        self.unet, self.depth, self.end_timestep = unet, depth, end_timestep
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         if self.depth is not None:
             depth = self.depth.repeat(x.shape[0] // self.depth.shape[0], 1, 1, 1)  # [d, d] for CFG halves
+            if self.end_timestep is not None and float(t) < self.end_timestep:
+                depth = torch.zeros_like(depth)  # the flat mid-depth plane after depth_end
             x = torch.cat([x, depth], dim=1)  # (2B, 5, h, w)
         return self.unet(x, t, encoder_hidden_states=text, return_dict=False)[0]
+
+
+def depth_end_timestep(timesteps: torch.Tensor, depth_end: float) -> float | None:
+    """The smallest timestep that still gets the depth when it is fed for the first ``depth_end`` of the
+    steps that run: ``ceil(depth_end · n)`` steps of ``n``. None when all steps get it (depth_end 1);
+    +inf when none do (depth_end 0). Thresholding the timestep (not counting calls) keeps the wrapper
+    stateless; PNDM's repeated timestep then counts once.
+    """
+    n = len(timesteps)
+    k = math.ceil(depth_end * n - 1e-9)
+    if k >= n:
+        return None
+    if k <= 0:
+        return math.inf
+    return float(timesteps[k - 1])
 
 
 class CFGDenoiser:
@@ -142,3 +169,33 @@ def denoise(
         if on_step is not None:
             on_step(i, len(timesteps), t, latents)
     return latents
+
+
+class LatentBlend:
+    """Inpainting with a non-inpainting UNet: a scheduler wrapper that re-imposes the kept region.
+
+    After every ``step``, ``latents = (1 - m)·init_t + m·latents`` where ``m`` is the latent mask
+    (1 = repaint) and ``init_t`` the original latents re-noised with the *same* noise to the next
+    timestep (the clean latents after the last step): diffusers' legacy 4-channel recipe in
+    ``StableDiffusionInpaintPipeline`` (reference diffusers_depth2img.md §4); A1111 does the same with
+    ``q_sample`` for its timestep samplers. Everything else is delegated to the wrapped scheduler, so
+    :func:`denoise` does not know about masks.
+    """
+
+    def __init__(
+        self, scheduler: Any, init: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor, timesteps: torch.Tensor
+    ) -> None:
+        self.scheduler, self.init, self.noise, self.mask = scheduler, init, noise, mask  # (B, 4, h, w) x2, (1, 1, h, w)
+        self.timesteps, self.index = timesteps, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.scheduler, name)
+
+    def step(self, eps: torch.Tensor, t: torch.Tensor, latents: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, ...]:
+        out = self.scheduler.step(eps, t, latents, **kwargs)
+        latents = out[0] if isinstance(out, tuple) else out.prev_sample
+        self.index += 1
+        kept = self.init
+        if self.index < len(self.timesteps):
+            kept = self.scheduler.add_noise(self.init, self.noise, self.timesteps[self.index : self.index + 1])
+        return ((1 - self.mask) * kept + self.mask * latents,)
