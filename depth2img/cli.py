@@ -22,7 +22,7 @@ app = typer.Typer(
     help="Depth-to-image with Stable Diffusion 2 depth: a photo and a prompt in, a new picture with the "
     "same 3-D layout out. Try: depth2img generate --model tiny --image photo.png --prompt 'a castle'",
 )
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # soft wrap: an error stays one line
 
 ModelOpt = Annotated[
     str,
@@ -95,12 +95,14 @@ def generate(
     dtype: DtypeOpt = "float32",
 ) -> None:
     """Make new pictures from a photo and a prompt, keeping the photo's depth."""
-    from .pipeline import load_pipeline
+    from .depth import load_depth_map
+    from .images import load_image
     from .request import GenerationRequest
 
+    # Decode inputs before loading gigabytes of weights: bad input fails in milliseconds.
     request = GenerationRequest(
         prompt=prompt,
-        image=image,
+        image=load_image(image) if image is not None else None,
         negative_prompt=negative_prompt,
         strength=strength,
         steps=steps,
@@ -111,9 +113,9 @@ def generate(
         height=height,
         resize_mode=resize_mode,  # type: ignore[arg-type]
         scheduler=scheduler,
-        depth_map=depth,
+        depth_map=load_depth_map(depth) if depth is not None else None,
         eta=eta,
-    ).validate()  # fail on bad options before loading gigabytes
+    ).validate()
     pipe = _load(model, device, dtype, depth_model)
     result = _run_with_progress(pipe, request)
     paths = output_paths(out, len(result.images))
