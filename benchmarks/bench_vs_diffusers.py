@@ -21,17 +21,17 @@ from depth2img.pipeline import Pipeline
 
 
 def small_components():
-    """Tiny text/VAE/DPT, but a UNet with SD2-depth's layout at a quarter of its width."""
+    """Tiny text/VAE/DPT, but a UNet with SD2-depth's layout at a fifth of its width."""
     components = tiny_components(vae_scale_factor=8)
     torch.manual_seed(0)
     components.unet = UNet2DConditionModel(
         sample_size=32,
         in_channels=5,
         out_channels=4,
-        block_out_channels=(80, 160, 320, 320),
+        block_out_channels=(64, 128, 256, 256),
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        attention_head_dim=(2, 4, 8, 8),
+        attention_head_dim=(1, 2, 4, 4),  # 64-dim heads, as SD2
         cross_attention_dim=32,
         use_linear_projection=True,
         layers_per_block=2,

@@ -140,3 +140,18 @@ def test_flat_depth_deviates_from_reference_on_purpose(depth_setup):
         result = ours.generate(prompt=PROMPT, image=picture, depth_map=flat.numpy()[0], steps=2, scheduler="ddim", seed=0)
     assert torch.equal(result.depth_map.normalized, torch.zeros_like(result.depth_map.normalized))
     assert np.asarray(result.images[0]).std() > 0
+
+
+def test_v_prediction_img2img_model_matches_diffusers():
+    """SD 2.x-v style folders: the prediction type comes from the scheduler config, for every sampler."""
+    from diffusers import PNDMScheduler
+
+    components = tiny_components(depth=False, vae_scale_factor=8)
+    components.scheduler = PNDMScheduler(skip_prk_steps=True, prediction_type="v_prediction")
+    reference, ours = reference_pipe(components), Pipeline(components)
+    picture = photo("astronaut", (40, 32))
+    kwargs = dict(strength=0.8, num_inference_steps=4, guidance_scale=7.5)
+    for scheduler in ("pndm", "euler"):
+        expected = run_reference(reference, components.scheduler.config, scheduler, picture, seed=5, batch=1, **kwargs)
+        got, _ = run_ours(ours, scheduler, picture, seed=5, batch=1, **kwargs)
+        assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
