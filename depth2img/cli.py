@@ -180,8 +180,14 @@ def output_paths(out: Path, count: int) -> list[Path]:
 
 
 def _load(model: str, device: str, dtype: str, depth_model: str | None):
+    import diffusers
+    import transformers
+
     from .pipeline import load_pipeline
 
+    # One spinner instead of the libraries' per-component "Loading weights" bars (CLI-only setting).
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
     with err.status(f"loading {model}...", spinner="dots"):
         return load_pipeline(model, device=device, dtype=dtype, depth_model=depth_model)
 
