@@ -36,3 +36,11 @@ class NonFiniteOutputError(Depth2ImgError):
 
 class GenerationCancelled(Depth2ImgError):
     """The step callback asked to stop."""
+
+
+class CheckpointKeyError(ModelLoadError):
+    """A checkpoint tensor is missing, unexpected or mis-shaped for the detected model (the key is named)."""
+
+
+class NonFiniteWeightsError(ModelLoadError):
+    """A checkpoint holds NaN/Inf in weights the model uses (it could only produce black images)."""

@@ -53,3 +53,96 @@ def random_state_dict(shapes: dict[str, list[int]], seed: int = 0, dtype: torch.
                       prefix: str = "") -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return {k: random_tensor(k, s, gen, dtype) for k, s in shapes.items() if k.startswith(prefix)}
+
+
+# --------------------------------------------------------------------------------------------------
+# a scaled-down SD2-depth checkpoint in the original layout (+ its yaml), for fp32 value-level tests
+# --------------------------------------------------------------------------------------------------
+
+TINY_YAML = """\
+model:
+  target: ldm.models.diffusion.ddpm.LatentDepth2ImageDiffusion
+  params:
+    linear_start: 0.00085
+    linear_end: 0.0120
+    timesteps: 1000
+    scale_factor: 0.18215
+    conditioning_key: hybrid
+    depth_stage_config:
+      target: ldm.modules.midas.api.MiDaSInference
+      params: {model_type: dpt_hybrid}
+    unet_config:
+      target: ldm.modules.diffusionmodules.openaimodel.UNetModel
+      params:
+        image_size: 32
+        in_channels: 5
+        out_channels: 4
+        model_channels: 32
+        attention_resolutions: [1]
+        num_res_blocks: 1
+        channel_mult: [1, 2]
+        num_head_channels: 8
+        use_spatial_transformer: true
+        use_linear_in_transformer: true
+        transformer_depth: 1
+        context_dim: 64
+        legacy: false
+    first_stage_config:
+      target: ldm.models.autoencoder.AutoencoderKL
+      params:
+        embed_dim: 4
+        ddconfig: {double_z: true, z_channels: 4, resolution: 256, in_channels: 3, out_ch: 3, ch: 32,
+                   ch_mult: [1, 2], num_res_blocks: 1, attn_resolutions: [], dropout: 0.0}
+    cond_stage_config:
+      target: ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder
+      params: {freeze: true, layer: penultimate}
+"""
+
+TINY_CLIP_WIDTH, TINY_CLIP_BLOCKS = 64, 3
+
+
+def tiny_original_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A small SD2-depth-shaped original checkpoint: tiny UNet/VAE/OpenCLIP, the full MiDaS DPT-Hybrid,
+    the 12 schedule buffers and the two 0-d EMA counters."""
+    import yaml
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import create_unet_diffusers_config_from_ldm, create_vae_diffusers_config_from_ldm
+
+    from depth2img.models.convert import schedule_buffers
+    from depth2img.models.ldm_keys import unet_to_ldm, vae_to_ldm
+
+    cfg = yaml.safe_load(TINY_YAML)
+    torch.manual_seed(seed)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # diffusers deprecates image_size; irrelevant here
+        ucfg = create_unet_diffusers_config_from_ldm(cfg, {}, image_size=256)
+        vcfg = create_vae_diffusers_config_from_ldm(cfg, {}, image_size=256)
+    unet = UNet2DConditionModel(**ucfg)
+    vae = AutoencoderKL(**vcfg)
+    gen = torch.Generator().manual_seed(seed)
+    sd: dict[str, torch.Tensor] = {}
+    for k, v in unet_to_ldm(unet.state_dict(), unet.config).items():  # re-draw sensibly scaled values
+        sd["model.diffusion_model." + k] = random_tensor(k, list(v.shape), gen)
+    for k, v in vae_to_ldm(vae.state_dict(), 2).items():
+        sd["first_stage_model." + k] = random_tensor(k, list(v.shape), gen)
+    w, p = TINY_CLIP_WIDTH, "cond_stage_model.model."
+    clip = {"token_embedding.weight": [49408, w], "positional_embedding": [77, w], "ln_final.weight": [w],
+            "ln_final.bias": [w], "text_projection": [w, 32], "logit_scale": []}
+    for i in range(TINY_CLIP_BLOCKS):
+        r = f"transformer.resblocks.{i}."
+        clip.update({r + "attn.in_proj_weight": [3 * w, w], r + "attn.in_proj_bias": [3 * w],
+                     r + "attn.out_proj.weight": [w, w], r + "attn.out_proj.bias": [w],
+                     r + "ln_1.weight": [w], r + "ln_1.bias": [w], r + "ln_2.weight": [w], r + "ln_2.bias": [w],
+                     r + "mlp.c_fc.weight": [4 * w, w], r + "mlp.c_fc.bias": [4 * w],
+                     r + "mlp.c_proj.weight": [w, 4 * w], r + "mlp.c_proj.bias": [w]})
+    for k, s in clip.items():
+        sd[p + k] = random_tensor(p + k, s, gen)
+    for k, s in layout().items():
+        if k.startswith("depth_model."):
+            sd[k] = random_tensor(k, s, gen)
+    sd.update(schedule_buffers())
+    sd["model_ema.decay"] = torch.tensor(0.9999)
+    sd["model_ema.num_updates"] = torch.tensor(1234, dtype=torch.int32)
+    return sd

@@ -33,7 +33,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ..errors import ModelLoadError
+from ..errors import CheckpointKeyError, ModelLoadError
 
 MIDAS_PREFIX = "depth_model.model."
 
@@ -109,7 +109,7 @@ def midas_to_dpt(
         key = full[len(prefix) :]
         targets = midas_key_to_dpt(key)
         if targets is None:
-            raise ModelLoadError(f"unexpected depth-model key {full!r} (not part of MiDaS DPT-Hybrid)")
+            raise CheckpointKeyError(f"depth model: unexpected tensor {full!r} (not part of MiDaS DPT-Hybrid)")
         if not targets:
             ignored.append(full)
         elif len(targets) == 3:

@@ -1,0 +1,89 @@
+"""Local cache: a pickle checkpoint is converted once to a memory-mappable ``.safetensors`` copy.
+
+Entries are named by the sha256 of the source file (A1111's full hash; its first 10 hex digits are the
+short hash shown in infotexts). An ``index.json`` maps (absolute path, size, mtime_ns) to that hash, so a
+later load of an unchanged file needs one ``stat`` and no hashing; a changed file misses and is re-hashed.
+The cached copy is an ordinary flat original-layout safetensors file (loadable and convertible itself).
+Writes are atomic (temp file + rename); a damaged cache entry fails safetensors validation and is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+
+from .safe_load import CorruptCheckpointError, load_pickle_checkpoint, read_safetensors_header, unwrap_state_dict
+
+_LOCK = threading.Lock()
+
+
+def sha256_file(path: str | Path, chunk: int = 16 * 1024 * 1024) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fingerprint(path: Path) -> str:
+    st = path.stat()
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def _read_index(cache_dir: Path) -> dict[str, str]:
+    try:
+        data = json.loads((cache_dir / "index.json").read_text())
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def lookup_hash(path: str | Path, cache_dir: str | Path) -> str | None:
+    """The cached sha256 of ``path`` if the file is unchanged since it was hashed, else ``None``."""
+    return _read_index(Path(cache_dir)).get(_fingerprint(Path(path)))
+
+
+def remember_hash(path: str | Path, cache_dir: str | Path, digest: str) -> None:
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with _LOCK:
+        index = _read_index(cache_dir)
+        index[_fingerprint(Path(path))] = digest
+        _write_atomic(cache_dir / "index.json", json.dumps(index, indent=1, sort_keys=True).encode())
+
+
+def cached_checkpoint(path: str | Path, cache_dir: str | Path) -> tuple[Path, str]:
+    """``(safetensors path to read, sha256 of the source)`` for a pickle checkpoint, converting on a miss.
+
+    The pickle is read only through :func:`~depth2img.models.safe_load.load_pickle_checkpoint`.
+    """
+    from safetensors.torch import save_file
+
+    path, cache_dir = Path(path), Path(cache_dir)
+    digest = lookup_hash(path, cache_dir)
+    if digest is not None:
+        target = cache_dir / f"{digest[:16]}.safetensors"
+        try:
+            read_safetensors_header(target)
+            return target, digest
+        except (OSError, CorruptCheckpointError):
+            pass  # missing or damaged: rebuild below
+    digest = sha256_file(path)
+    target = cache_dir / f"{digest[:16]}.safetensors"
+    sd = unwrap_state_dict(load_pickle_checkpoint(path), path.name)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp), metadata={"source": path.name, "sha256": digest})
+    os.replace(tmp, target)
+    del sd
+    remember_hash(path, cache_dir, digest)
+    return target, digest
