@@ -65,11 +65,15 @@ def normalize_depth(depth: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     and a black image; here a flat map becomes all zeros (mid-depth) instead. Non-flat maps are
     bit-identical to the reference.
     """
-    depth = F.interpolate(depth.float().cpu().unsqueeze(1), size=size, mode="bicubic", align_corners=False)
+    depth = depth.float().cpu().unsqueeze(1)  # (N, 1, h, w)
+    # Flatness is judged before resizing: bicubic weights do not sum to exactly 1 in float32, so a
+    # constant map can come out with a ~1e-7 ripple that min-max would blow up to [-1, 1] noise.
+    flat = torch.amax(depth, dim=[1, 2, 3], keepdim=True) == torch.amin(depth, dim=[1, 2, 3], keepdim=True)
+    depth = F.interpolate(depth, size=size, mode="bicubic", align_corners=False)
     dmin = torch.amin(depth, dim=[1, 2, 3], keepdim=True)
     dmax = torch.amax(depth, dim=[1, 2, 3], keepdim=True)
     span = dmax - dmin
-    flat = span == 0
+    flat = flat | (span == 0)
     if bool(flat.any()):
         warnings.warn("the depth map is flat (constant): it carries no structure; using a mid-depth plane", stacklevel=2)
     return torch.where(flat, torch.zeros_like(depth), 2.0 * (depth - dmin) / torch.where(flat, 1.0, span) - 1.0)
