@@ -1,0 +1,129 @@
+"""List the models found in a models folder, the way users already keep them.
+
+* AUTOMATIC1111: ``models/Stable-diffusion/*.ckpt|.safetensors`` (sub-folders too) with a same-name ``.yaml``;
+* ComfyUI: ``models/checkpoints/...``;
+* a folder of checkpoints given directly (its files at the top level);
+* diffusers folders (a ``model_index.json``) up to three levels down;
+* the Hugging Face hub cache (``models--owner--name/snapshots/<rev>/model_index.json``), when given.
+
+Listing reads directory entries and, for ``.safetensors`` and diffusers folders, a header or a config to
+tell depth (5-channel) from img2img models; it never reads a pickle. The A1111 short hash (first 10 hex
+digits of the sha256 of the whole file) is computed only when asked, and remembered in the cache index.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .safe_load import CHECKPOINT_SUFFIXES, CorruptCheckpointError, read_safetensors_header
+
+CHECKPOINT_DIRS = ("Stable-diffusion", "checkpoints")  # A1111, ComfyUI
+MAX_DEPTH = 3
+
+
+@dataclass
+class ModelEntry:
+    name: str  # what to show; the checkpoint stem, folder name or hub id
+    path: Path
+    layout: str  # "checkpoint" | "diffusers" | "hf-cache"
+    kind: str  # "depth" | "img2img" | "inpaint" | "?" (unknown without reading a pickle)
+    size: int  # bytes on disk (weights only for folders)
+    config: Path | None = None  # a same-name yaml beside a checkpoint
+    short_hash: str | None = None  # A1111 short hash, when computed
+
+
+def _kind_from_in_channels(n: int | None) -> str:
+    return {5: "depth", 4: "img2img", 9: "inpaint"}.get(n, "?") if n is not None else "?"
+
+
+def _checkpoint_kind(path: Path, config: Path | None) -> str:
+    if config is not None:
+        try:
+            import yaml
+
+            cfg = yaml.safe_load(config.read_text(encoding="utf-8"))
+            return _kind_from_in_channels(cfg["model"]["params"]["unet_config"]["params"]["in_channels"])
+        except Exception:  # an unreadable yaml just leaves the kind unknown in a listing
+            pass
+    if path.suffix.lower() == ".safetensors":
+        try:
+            shape = read_safetensors_header(path).get("model.diffusion_model.input_blocks.0.0.weight", {}).get("shape")
+        except (OSError, CorruptCheckpointError):
+            return "?"
+        return _kind_from_in_channels(shape[1] if shape else None)
+    return "?"
+
+
+def _folder_entry(folder: Path, name: str, layout: str) -> ModelEntry:
+    try:
+        n = json.loads((folder / "unet" / "config.json").read_text()).get("in_channels")
+    except (OSError, ValueError):
+        n = None
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin"))
+    return ModelEntry(name, folder, layout, _kind_from_in_channels(n), size)
+
+
+def _checkpoint_entry(path: Path, root: Path) -> ModelEntry:
+    config = next((c for c in (path.with_suffix(".yaml"), path.with_suffix(".yml")) if c.is_file()), None)
+    base = next((a for a in path.parents if a.name in CHECKPOINT_DIRS), root)  # A1111 shows names below its dir
+    name = str(path.relative_to(base).with_suffix("")) if base in path.parents else path.stem
+    return ModelEntry(name, path, "checkpoint", _checkpoint_kind(path, config), path.stat().st_size, config)
+
+
+def _walk(root: Path, depth: int = 0):
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError:
+        return
+    for e in entries:
+        yield Path(e.path), e, depth
+        if e.is_dir(follow_symlinks=False) and depth < MAX_DEPTH and not e.name.startswith("."):
+            yield from _walk(Path(e.path), depth + 1)
+
+
+def list_models(root: str | Path, *, hf_cache: str | Path | None = None) -> list[ModelEntry]:
+    """Every model under ``root`` (and in ``hf_cache`` if given), sorted by layout then name."""
+    root = Path(root).expanduser()
+    out: list[ModelEntry] = []
+    folders: list[Path] = []
+    for p, e, depth in _walk(root):
+        if e.is_dir() and (p / "model_index.json").is_file():
+            folders.append(p)
+    for f in folders:
+        out.append(_folder_entry(f, str(f.relative_to(root)) if f != root else f.name, "diffusers"))
+    for p, e, depth in _walk(root):
+        if not e.is_file() or p.suffix.lower() not in CHECKPOINT_SUFFIXES or any(f in p.parents for f in folders):
+            continue
+        in_ckpt_dir = any(part in CHECKPOINT_DIRS for part in p.relative_to(root).parts[:-1])
+        if in_ckpt_dir or p.parent == root or root.name in CHECKPOINT_DIRS:
+            out.append(_checkpoint_entry(p, root))
+    if hf_cache is not None:
+        out.extend(list_hf_cache(hf_cache))
+    return sorted(out, key=lambda m: (m.layout, m.name.lower()))
+
+
+def list_hf_cache(cache: str | Path) -> list[ModelEntry]:
+    """Diffusers pipelines in a Hugging Face hub cache (latest snapshot by modification time)."""
+    cache = Path(cache).expanduser()
+    out = []
+    for repo in sorted(cache.glob("models--*")):
+        snaps = [s for s in (repo / "snapshots").glob("*") if (s / "model_index.json").is_file()]
+        if snaps:
+            snap = max(snaps, key=lambda s: s.stat().st_mtime)
+            out.append(_folder_entry(snap, repo.name[len("models--"):].replace("--", "/"), "hf-cache"))
+    return out
+
+
+def short_hash(path: str | Path, cache_dir: str | Path | None = None) -> str:
+    """A1111's short hash: sha256 of the whole file, first 10 hex digits (remembered in ``cache_dir``)."""
+    from .cache import lookup_hash, remember_hash, sha256_file
+
+    digest = lookup_hash(path, cache_dir) if cache_dir is not None else None
+    if digest is None:
+        digest = sha256_file(path)
+        if cache_dir is not None:
+            remember_hash(path, cache_dir, digest)
+    return digest[:10]
