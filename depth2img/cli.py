@@ -83,9 +83,22 @@ def generate(
     width: Annotated[Optional[int], typer.Option(help="Output width (multiple of 8); default: the image's, floored.")] = None,
     height: Annotated[Optional[int], typer.Option(help="Output height (multiple of 8); give with --width.")] = None,
     resize_mode: Annotated[str, typer.Option(help="just_resize, crop_and_resize or resize_and_fill (A1111's modes).")] = "just_resize",
-    depth: Annotated[Optional[Path], typer.Option("--depth", help="Your own depth map (8/16-bit PNG/TIFF or .npy; white = near).")] = None,
+    depth: Annotated[
+        Optional[Path],
+        typer.Option("--depth", help="Your own depth map (8/16-bit PNG/TIFF or .npy; white = near). Without --image: depth-only generation at the map's size."),
+    ] = None,
     depth_model: DepthModelOpt = None,
     eta: Annotated[float, typer.Option(help="DDIM eta (0 = deterministic).")] = 0.0,
+    mask: Annotated[Optional[Path], typer.Option("--mask", help="Inpaint: white = repaint (an RGBA mask's alpha is used).")] = None,
+    mask_blur: Annotated[float, typer.Option("--mask-blur", help="Mask blur sigma in pixels, 0..64 (A1111).")] = 4,
+    masked_content: Annotated[str, typer.Option("--masked-content", help="original, fill, latent_noise or latent_nothing.")] = "original",
+    inpaint_area: Annotated[str, typer.Option("--inpaint-area", help="whole (picture) or only_masked (crop, generate at --width/--height, paste back).")] = "whole",
+    padding: Annotated[int, typer.Option("--padding", help="only_masked: pixels kept around the mask, 0..256.")] = 32,
+    invert_mask: Annotated[bool, typer.Option("--invert-mask", help="Repaint what is black instead (A1111's 'Inpaint not masked').")] = False,
+    invert_depth: Annotated[bool, typer.Option("--invert-depth", help="The depth map uses black = near (Blender Z, depth cameras).")] = False,
+    depth_clip: Annotated[Optional[str], typer.Option("--depth-clip", help="FAR,NEAR percentiles to clip the depth to, then renormalise, e.g. 2,98.")] = None,
+    depth_strength: Annotated[float, typer.Option("--depth-strength", help="0..1: how strongly the depth is followed (1 = as trained, 0 = flat).")] = 1.0,
+    depth_end: Annotated[float, typer.Option("--depth-end", help="0..1: fraction of the steps that get the depth; a flat map after.")] = 1.0,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output PNG (with A1111 'parameters' infotext).")] = Path("out.png"),
     save_depth: Annotated[
         Optional[Path],
@@ -96,7 +109,7 @@ def generate(
 ) -> None:
     """Make new pictures from a photo and a prompt, keeping the photo's depth."""
     from .depth import load_depth_map
-    from .images import load_image
+    from .images import load_image, open_image
     from .request import GenerationRequest
 
     # Decode inputs before loading gigabytes of weights: bad input fails in milliseconds.
@@ -115,6 +128,16 @@ def generate(
         scheduler=scheduler,
         depth_map=load_depth_map(depth) if depth is not None else None,
         eta=eta,
+        mask=open_image(mask, what="mask") if mask is not None else None,
+        mask_blur=mask_blur,
+        masked_content=masked_content,  # type: ignore[arg-type]
+        inpaint_area=inpaint_area,  # type: ignore[arg-type]
+        padding=padding,
+        invert_mask=invert_mask,
+        invert_depth=invert_depth,
+        depth_clip=parse_pair("--depth-clip", depth_clip) if depth_clip is not None else (0.0, 100.0),
+        depth_strength=depth_strength,
+        depth_end=depth_end,
     ).validate()
     pipe = _load(model, device, dtype, depth_model)
     result = _run_with_progress(pipe, request)
@@ -138,10 +161,11 @@ def depth_command(
     depth_model: DepthModelOpt = None,
     bits: Annotated[int, typer.Option(help="8 or 16 bits per pixel (grayscale).")] = 8,
     colormap: Annotated[bool, typer.Option("--colormap", help="Write a colour (Turbo) preview instead of grayscale.")] = False,
+    sheet: Annotated[Optional[Path], typer.Option("--sheet", help="Also write photo | depth | Turbo preview side by side.")] = None,
     device: DeviceOpt = "cpu",
 ) -> None:
     """Estimate a depth map and write it as an image the size of the photo (white = near)."""
-    from .depth import depth_to_image, resize_depth
+    from .depth import depth_sheet, depth_to_image, resize_depth
     from .errors import InvalidRequestError
     from .images import load_image, save_png
 
@@ -153,6 +177,57 @@ def depth_command(
     picture = load_image(image)
     raw = resize_depth(pipe.estimate_depth(picture).raw, (picture.height, picture.width))
     save_png(depth_to_image(raw, bits=bits, colormap=colormap), out)
+    err.print(f"wrote {out}", highlight=False)
+    if sheet is not None:
+        save_png(depth_sheet(picture, raw), sheet)
+        err.print(f"wrote {sheet}", highlight=False)
+
+
+@app.command()
+@_one_line_errors
+def sweep(
+    image: Annotated[Path, typer.Option("--image", "-i", help="The photo to compare on.")],
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="What the new picture shows.")],
+    strengths: Annotated[str, typer.Option("--strengths", help="Comma-separated denoising strengths, one column each.")] = "0.4,0.6,0.8,1.0",
+    model: ModelOpt = "tiny",
+    compare_model: Annotated[Optional[str], typer.Option("--compare-model", help="A plain img2img model for a second row (e.g. tiny-img2img).")] = None,
+    y: Annotated[Optional[str], typer.Option("--y", help="Also vary AXIS=V1,V2 down the rows: cfg, steps, seed or scheduler.")] = None,
+    negative_prompt: Annotated[str, typer.Option("--negative-prompt", "-n", help="What to steer away from.")] = "",
+    steps: Annotated[int, typer.Option(help="Sampling steps (before strength truncation).")] = 50,
+    cfg: Annotated[float, typer.Option("--cfg", help="Classifier-free guidance scale.")] = 7.5,
+    seed: Annotated[int, typer.Option(help="Seed shared by every cell; -1 = one random seed.")] = -1,
+    scheduler: Annotated[str, typer.Option(help="pndm, ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, unipc, lms.")] = "pndm",
+    width: Annotated[Optional[int], typer.Option(help="Cell width (multiple of 8); default: the image's, floored.")] = None,
+    height: Annotated[Optional[int], typer.Option(help="Cell height (multiple of 8); give with --width.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output grid PNG.")] = Path("sweep.png"),
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "float32",
+) -> None:
+    """Compare depth2img (and optionally img2img) across strengths: a labelled grid, same seed everywhere."""
+    from .grid import parse_axis
+    from .grid import sweep as make_sweep
+    from .images import load_image, save_png
+    from .request import GenerationRequest
+
+    columns = parse_axis("strength", strengths)
+    y_axis = None
+    if y is not None:
+        name, _, values = y.partition("=")
+        y_axis = parse_axis(name.strip(), values)
+    request = GenerationRequest(
+        prompt=prompt, image=load_image(image), negative_prompt=negative_prompt, steps=steps, guidance_scale=cfg,
+        seed=seed, scheduler=scheduler, width=width, height=height,
+    ).validate()
+    pipelines = {}
+    for name in [model] if compare_model is None else [model, compare_model]:
+        pipe = _load(name, device, dtype, None)
+        pipelines[f"{name} ({'depth2img' if pipe.kind == 'depth' else 'img2img'})"] = pipe
+    with err.status("rendering the grid...", spinner="dots") as status:
+        def on_cell(done: int, total: int) -> None:
+            status.update(f"rendering the grid: {done}/{total} cells")
+
+        picture = make_sweep(pipelines, request, columns.values, y=y_axis, on_cell=on_cell)
+    save_png(picture, out)
     err.print(f"wrote {out}", highlight=False)
 
 
@@ -170,6 +245,18 @@ def info(image: Annotated[Path, typer.Argument(help="A PNG/JPEG/WebP written by 
     typer.echo("")
     for key, value in parse_infotext(text).items():
         typer.echo(f"{key}: {value}")
+
+
+def parse_pair(option: str, text: str) -> tuple[float, float]:
+    """'2,98' → (2.0, 98.0), with a one-line error naming the option."""
+    from .errors import InvalidRequestError
+
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        low, high = (float(part) for part in parts)
+    except ValueError:
+        raise InvalidRequestError(f"{option} must be two numbers like 2,98, got {text!r}") from None
+    return low, high
 
 
 def output_paths(out: Path, count: int) -> list[Path]:

@@ -125,6 +125,12 @@ def _load_npy(path: Path) -> np.ndarray:
         raise InvalidImageError(f"depth map '{path}' is not a readable .npy array ({error})") from None
 
 
+def resize_depth(depth: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h, w) depth → (H, W) = ``size`` (height, width), bicubic as the reference resizes depth."""
+    tensor = torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))[None, None]
+    return F.interpolate(tensor, size=size, mode="bicubic", align_corners=False)[0, 0].numpy()
+
+
 def depth_to_image(depth: np.ndarray, *, bits: int = 8, colormap: bool = False) -> Image.Image:
     """A viewable image of a depth map: min-max to [0, 1], white = near; 8- or 16-bit gray, or colour."""
     if bits not in (8, 16):
@@ -193,3 +199,16 @@ def depth_control_params(request: GenerationRequest) -> dict[str, object]:
         "Depth strength": request.depth_strength if request.depth_strength != 1.0 else None,
         "Depth end": request.depth_end if request.depth_end != 1.0 else None,
     }
+
+
+def depth_sheet(image: Image.Image, depth: np.ndarray) -> Image.Image:
+    """Photo | depth (8-bit gray, white = near) | Turbo preview, side by side, each at the photo's size.
+
+    ``depth`` is (H, W) at any resolution; it is resized bicubically (:func:`resize_depth`) to the photo.
+    """
+    raw = resize_depth(depth, (image.height, image.width)) if depth.shape != (image.height, image.width) else depth
+    panels = [image.convert("RGB"), depth_to_image(raw).convert("RGB"), depth_to_image(raw, colormap=True)]
+    sheet = Image.new("RGB", (image.width * 3, image.height))
+    for i, panel in enumerate(panels):
+        sheet.paste(panel, (i * image.width, 0))
+    return sheet
