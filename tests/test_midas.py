@@ -189,3 +189,15 @@ def test_transform_matches_the_original_steps():
     assert torch.equal(out, ref)
     # bicubic overshoot is kept (no clipping), as cv2 does
     assert out.min() < -1 or out.max() > 1
+
+
+def test_transform_is_close_to_cv2_inter_cubic():
+    """Runs only where OpenCV is importable (it is not a dependency); documents the measured closeness."""
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(1)
+    for h, w in [(512, 768), (300, 400), (1024, 700)]:
+        a = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        nh, nw = midas_output_size(h, w)
+        ref = (cv2.resize(a.astype(np.float32) / 255, (nw, nh), interpolation=cv2.INTER_CUBIC) - 0.5) / 0.5
+        got = MidasTransform()(images=[Image.fromarray(a)]).pixel_values[0].permute(1, 2, 0).numpy()
+        assert np.abs(got - ref).max() < 5e-4

@@ -135,8 +135,10 @@ class MidasTransform:
     1. RGB in [0, 1] as float32 HWC (AddMiDaS: ``(x + 1) / 2`` of the [-1, 1] image tensor).
     2. Resize to :func:`midas_output_size`, bicubic with a = -0.75, no antialiasing, no clipping: the
        original uses ``cv2.resize(INTER_CUBIC)`` on the float image; here ``F.interpolate(mode="bicubic",
-       align_corners=False)`` in float32, the same kernel, half-pixel centres and clamped borders (measured
-       against cv2 on random images: see tests/test_midas.py and the issue's closing note).
+       align_corners=False)`` in float32, the same kernel, half-pixel centres and clamped borders. Measured
+       against opencv-python-headless 5.0.0 on random and photo inputs (512x512, 768x512, 400x300, 120x80,
+       700x1024, astronaut, chelsea): max |difference| 1.3e-4 on the [-1, 1] output (mean 1e-5), i.e. below
+       0.02 of an 8-bit level (tests/test_midas.py re-checks this when cv2 happens to be importable).
     3. ``(x - 0.5) / 0.5`` per channel, CHW float32.
 
     Nothing more: the pipeline resizes the prediction to the latent size and normalises it itself.
