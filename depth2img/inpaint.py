@@ -15,9 +15,11 @@ Everything here happens in pixel space before and after sampling; the per-step l
 5. latent mask: the mask bicubic-resized to the latent size, /255, rounded to 0/1.
 6. composite: unmasked pixels are exactly the original (alpha composite over the generated image).
 
-Mask size: a mask whose size differs from the image is resized to it when the aspect ratios agree
-(within 1 %), the usual case of a mask painted at another resolution; otherwise it is an error, since a
-mask for another picture would otherwise be silently stretched.
+Mask size: a mask whose size differs from the image is resized to it (bilinear, so no ringing outside
+the painted area) when the aspect ratios agree within 1 %, the usual case of a mask painted at another
+resolution; otherwise it is an error, since a mask for another picture would be silently stretched.
+An all-black mask (after ``invert_mask``) is an error (nothing to repaint); an all-white mask is
+documented to give exactly the unmasked img2img result (tested).
 """
 
 from __future__ import annotations

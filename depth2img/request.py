@@ -46,7 +46,7 @@ class GenerationRequest:
     prompt: str
     image: ImageInput | None = None
     negative_prompt: str = ""
-    strength: float = 0.8
+    strength: float = 0.8  # ignored in depth-only generation (no image), which runs all steps from noise
     steps: int = 50
     guidance_scale: float = 7.5
     seed: int | None = None  # None or -1: random; image i uses seed + i
