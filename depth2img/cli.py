@@ -276,7 +276,17 @@ def _load(model: str, device: str, dtype: str, depth_model: str | None):
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     with err.status(f"loading {model}...", spinner="dots"):
-        return load_pipeline(model, device=device, dtype=dtype, depth_model=depth_model)
+        return load_pipeline(model, device=device, dtype=dtype, depth_model=depth_model, cache_dir=checkpoint_cache())
+
+
+def checkpoint_cache() -> Path | None:
+    """Where a .ckpt is converted once to safetensors: $DEPTH2IMG_CACHE (empty: off), else ~/.cache/depth2img."""
+    import os
+
+    configured = os.environ.get("DEPTH2IMG_CACHE")
+    if configured is not None:
+        return Path(configured).expanduser() if configured else None
+    return Path.home() / ".cache" / "depth2img" / "checkpoints"
 
 
 def _run_with_progress(pipe: Any, request: Any) -> Any:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import secrets
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -334,14 +335,18 @@ def load_pipeline(
     device: torch.device | str | None = None,
     dtype: torch.dtype | str | None = None,
     depth_model: str | None = None,
+    cache_dir: str | Path | None = None,
 ) -> Pipeline:
     """Load ``model`` (built-in name, diffusers folder, checkpoint file, hub id, or Components).
 
     ``device`` defaults to cpu and ``dtype`` to float32 (diffusers' "highest precision" default);
-    ``depth_model`` swaps in any transformers depth estimator (folder or hub id).
+    ``depth_model`` swaps in any transformers depth estimator (folder or hub id); ``cache_dir`` lets a
+    pickle ``.ckpt`` be converted once to a memory-mapped safetensors copy there (None: no cache).
     """
     from .models.registry import load_components
 
     parsed = parse_dtype(dtype)
-    components = model if isinstance(model, Components) else load_components(model, dtype=parsed, depth_model=depth_model)
+    components = model if isinstance(model, Components) else load_components(
+        model, dtype=parsed, depth_model=depth_model, cache_dir=cache_dir
+    )
     return Pipeline(components, device=device, dtype=parsed)

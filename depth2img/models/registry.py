@@ -20,17 +20,25 @@ CHECKPOINT_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth")
 
 
 def load_components(
-    model: str | Path, *, dtype: torch.dtype = torch.float32, depth_model: str | Path | None = None
+    model: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    depth_model: str | Path | None = None,
+    cache_dir: str | Path | None = None,
 ) -> Components:
-    """Components for ``model``; ``depth_model`` swaps in another transformers depth estimator."""
-    components = _load_generator(str(model), dtype)
+    """Components for ``model``; ``depth_model`` swaps in another transformers depth estimator.
+
+    ``cache_dir``: where a pickle ``.ckpt`` is converted once to a memory-mappable safetensors copy
+    (keyed by its sha256, which also gives the infotext's "Model hash"); None = no cache.
+    """
+    components = _load_generator(str(model), dtype, cache_dir)
     if depth_model is not None:
         components.depth_estimator, components.feature_extractor = _load_depth_model(str(depth_model))
         components.depth_source = str(depth_model)
     return check_components(components)
 
 
-def _load_generator(model: str, dtype: torch.dtype) -> Components:
+def _load_generator(model: str, dtype: torch.dtype, cache_dir: str | Path | None) -> Components:
     if model in TINY_NAMES:  # float32 weights; the Pipeline casts to its dtype
         return tiny_components(depth=model == "tiny")
     path = Path(model).expanduser()
@@ -39,9 +47,9 @@ def _load_generator(model: str, dtype: torch.dtype) -> Components:
     if path.is_file():
         if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
             raise ModelLoadError(f"'{path}' is not a model: expected a folder or a {'/'.join(CHECKPOINT_SUFFIXES)} file")
-        from .single_file import load_single_file  # issue 3
+        from .single_file import load_single_file
 
-        return load_single_file(path, dtype=dtype)
+        return load_single_file(path, dtype=dtype, cache_dir=cache_dir)
     if looks_like_hub_id(model):
         return load_folder(resolve_hub_folder(model), dtype=dtype, name=model.split("/")[-1])
     raise ModelLoadError(
