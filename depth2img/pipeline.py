@@ -293,7 +293,7 @@ class Pipeline:
             "Size": f"{size[0]}x{size[1]}",
             "Model hash": self.model_hash,
             "Model": self.name,
-            "Denoising strength": request.strength,
+            "Denoising strength": request.strength if request.image is not None else 1.0,  # depth only: from noise
             "Eta": request.eta if request.eta and spec.uses_eta else None,
             "Depth": ("own map" if own_depth else self.depth_source or "estimated") if self.kind == "depth" else None,
             **inpaint_params(request),

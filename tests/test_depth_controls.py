@@ -100,6 +100,7 @@ def test_depth_only_generation_needs_no_image(tiny_pipe):
     result = tiny_pipe.generate(depth_map=own, **{**BASE, "strength": 0.3})  # strength is not used
     assert result.images[0].size == (64, 48)  # the map's size floored to multiples of 8
     assert np.asarray(result.images[0]).std() > 0
+    assert "Denoising strength: 1.0," in result.infotexts[0]  # what ran, not the ignored field
     sized = tiny_pipe.generate(depth_map=own, width=32, height=24, **BASE)
     assert sized.images[0].size == (32, 24)
     again = tiny_pipe.generate(depth_map=own, **BASE)
