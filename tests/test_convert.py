@@ -101,7 +101,7 @@ def test_generation_from_converted_equals_source(tiny_file, tiny_folder, tmp_pat
     """Same request on the source file and on the folder converted from it (and back again). The depth map
     is supplied so the two depth front-ends (MiDaS transform vs the folder's 384x384 processor, by design)
     do not enter; the estimator weights themselves are proven bit-exact above."""
-    pipeline = pytest.importorskip("depth2img.pipeline")
+    from depth2img import pipeline
     rng = np.random.default_rng(0)
     img = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
     depth = Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8))

@@ -221,7 +221,7 @@ def test_fp16_safetensors_and_cache(tiny_ckpt, tmp_path):
 
 
 def test_one_step_generation_from_single_file(tiny_components):
-    pipeline = pytest.importorskip("depth2img.pipeline")
+    from depth2img import pipeline
     pipe = pipeline.load_pipeline(tiny_components)
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     res = pipe.generate(prompt="a cat", image=img, steps=1, strength=1.0, seed=1, guidance_scale=7.5)
