@@ -315,16 +315,11 @@ def _write_depth(depth: Any, path: Path) -> None:
         save_png(depth.to_image("raw", bits=16), path)
 
 
-def _register_extensions() -> None:
-    """Commands that live beside their concern (model conversion and listing)."""
-    try:
-        from .cli_models import register
-    except ImportError:  # not built yet
-        return
-    register(app)
+# Commands that live beside their concern (model conversion and listing); registering them only adds
+# entries to this module's own Typer app.
+from .cli_models import register as _register_model_commands  # noqa: E402
 
-
-_register_extensions()
+_register_model_commands(app)
 
 
 def main() -> None:
