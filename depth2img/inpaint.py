@@ -109,22 +109,20 @@ def expand_crop_region(box: Box, width: int, height: int, image_width: int, imag
     x1, y1, x2, y2 = box
     ratio = width / height
     if (x2 - x1) / (y2 - y1) > ratio:
-        diff = int((x2 - x1) / ratio - (y2 - y1))
-        y1, y2 = y1 - diff // 2, y2 + diff - diff // 2
-        if y2 >= image_height:
-            y1, y2 = y1 - (y2 - image_height), image_height
-        if y1 < 0:
-            y1, y2 = 0, y2 - y1
-        y2 = min(y2, image_height)
+        y1, y2 = _grow(y1, y2, int((x2 - x1) / ratio - (y2 - y1)), image_height)
     else:
-        diff = int((y2 - y1) * ratio - (x2 - x1))
-        x1, x2 = x1 - diff // 2, x2 + diff - diff // 2
-        if x2 >= image_width:
-            x1, x2 = x1 - (x2 - image_width), image_width
-        if x1 < 0:
-            x1, x2 = 0, x2 - x1
-        x2 = min(x2, image_width)
+        x1, x2 = _grow(x1, x2, int((y2 - y1) * ratio - (x2 - x1)), image_width)
     return x1, y1, x2, y2
+
+
+def _grow(low: int, high: int, extra: int, limit: int) -> tuple[int, int]:
+    """One side of the box grown by ``extra`` around its centre, shifted back into [0, limit], clamped."""
+    low, high = low - extra // 2, high + extra - extra // 2
+    if high >= limit:
+        low, high = low - (high - limit), limit
+    if low < 0:
+        low, high = 0, high - low
+    return low, min(high, limit)
 
 
 def fill(image: Image.Image, mask: Image.Image) -> Image.Image:
