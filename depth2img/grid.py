@@ -13,10 +13,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import InvalidRequestError
+from .pipeline import resolve_seeds
 from .request import GenerationRequest
 
 
@@ -172,7 +172,7 @@ def sweep(
     if request.image is None:
         raise InvalidRequestError("a sweep needs an image")
     if request.seed is None or request.seed == -1:
-        request = request.replace(seed=int(np.random.default_rng().integers(0, 2**31)))
+        request = request.replace(seed=resolve_seeds(None, 1)[0])  # the pipeline's own random-seed rule
     grid, firsts = run_grid(pipelines, request, Axis("strength", tuple(strengths)), y, on_cell=on_cell)
     row_models = [label for label in pipelines for _ in (y.values if y is not None else (None,))]
     size = next(im for row in grid.cells for im in row if im is not None).size

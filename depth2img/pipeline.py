@@ -174,6 +174,10 @@ class Pipeline:
         image = load_image(request.image)
         if request.width is not None and request.height is not None:
             image = resize_image(image, request.width, request.height, request.resize_mode)
+        return self._check_size(image)
+
+    def _check_size(self, image: Image.Image) -> Image.Image:
+        """At least one latent pixel per side."""
         if image.width < self.vae_scale_factor or image.height < self.vae_scale_factor:
             raise InvalidRequestError(f"image is too small: {image.width}x{image.height}")
         return image
@@ -181,9 +185,7 @@ class Pipeline:
     def prepare_inpaint(self, request: GenerationRequest) -> InpaintJob:
         """Mask, blur, crop and fill (inpaint.py, A1111's rules) on the full-size decoded image."""
         assert request.image is not None and request.mask is not None  # validate() guarantees both
-        image = load_image(request.image)
-        if image.width < self.vae_scale_factor or image.height < self.vae_scale_factor:
-            raise InvalidRequestError(f"image is too small: {image.width}x{image.height}")
+        image = self._check_size(load_image(request.image))
         size = (request.width, request.height) if request.width is not None and request.height is not None else None
         return prepare_inpaint(
             image,
