@@ -142,7 +142,7 @@ def generate(
     pipe = _load(model, device, dtype, depth_model)
     result = _run_with_progress(pipe, request)
     paths = output_paths(out, len(result.images))
-    from .images import save_png
+    from .outputs import save_image as save_png
 
     for picture, infotext, path in zip(result.images, result.infotexts, paths):
         save_png(picture, path, infotext=infotext)
@@ -167,7 +167,8 @@ def depth_command(
     """Estimate a depth map and write it as an image the size of the photo (white = near)."""
     from .depth import depth_sheet, depth_to_image, resize_depth
     from .errors import InvalidRequestError
-    from .images import load_image, save_png
+    from .images import load_image
+    from .outputs import save_image as save_png
 
     if bits not in (8, 16):
         raise InvalidRequestError(f"--bits must be 8 or 16, got {bits}")
@@ -206,7 +207,8 @@ def sweep(
     """Compare depth2img (and optionally img2img) across strengths: a labelled grid, same seed everywhere."""
     from .grid import parse_axis
     from .grid import sweep as make_sweep
-    from .images import load_image, save_png
+    from .images import load_image
+    from .outputs import save_image as save_png
     from .request import GenerationRequest
 
     columns = parse_axis("strength", strengths)
@@ -304,7 +306,7 @@ def _run_with_progress(pipe: Any, request: Any) -> Any:
 
 
 def _write_depth(depth: Any, path: Path) -> None:
-    from .images import atomic_output, save_png
+    from .outputs import atomic_output, save_image as save_png
 
     if path.suffix.lower() == ".npy":
         import numpy as np

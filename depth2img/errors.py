@@ -44,3 +44,11 @@ class CheckpointKeyError(ModelLoadError):
 
 class NonFiniteWeightsError(ModelLoadError):
     """A checkpoint holds NaN/Inf in weights the model uses (it could only produce black images)."""
+
+
+class CorruptCheckpointError(ModelLoadError):
+    """A checkpoint file is truncated, malformed or not a checkpoint at all (the message says what it is not)."""
+
+
+class OutputError(Depth2ImgError):
+    """An output target cannot be written (a folder, a parent that is a file, no permission, a collision...)."""

@@ -1,4 +1,4 @@
-"""Decode, normalise, resize and save images, safely.
+"""Decode, normalise and resize images, safely (writing them is outputs.py's job).
 
 Follows the hazards measured on Pillow 13 (reference B2): byte cap -> format allow-list -> header
 pixel cap -> ``load()`` with every decoder failure mapped to :class:`InvalidImageError` ->
@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import io
 import os
-import secrets
 import struct
 import warnings
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidImageError
 from .request import ImageInput, ResizeMode
@@ -275,69 +272,3 @@ def _resize_and_fill(img: Image.Image, width: int, height: int) -> Image.Image:
             out.paste(left.resize((x0, fh), near), (0, 0))
         out.paste(right.resize((width - x0 - fw, fh), near), (x0 + fw, 0))
     return out
-
-
-@contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success fsync it and ``os.replace`` it over ``path``.
-
-    On any error the temporary file is removed and an existing ``path`` is left untouched. The temp
-    name keeps the destination's suffix (``.x.<random>.tmp.png``) so writers that infer the format
-    from the name (``Image.save``, ``np.save``) behave. The parent directory is created.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # tempfile.mkstemp creates files 0600; opening with O_EXCL and 0o666 keeps the user's umask.
-    while True:
-        tmp = path.with_name(f".{path.stem}.{secrets.token_hex(6)}.tmp{path.suffix}")
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            break
-        except FileExistsError:
-            continue
-    try:
-        yield tmp
-        with open(tmp, "rb+") as fp:
-            os.fsync(fp.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable on POSIX; directories cannot be opened this way on Windows.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_output`); return the path."""
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
-
-
-def save_png(img: Image.Image, path: str | Path, *, infotext: str | None = None,
-             extra_text: Mapping[str, str] | None = None) -> Path:
-    """Save a PNG atomically, with A1111's ``parameters`` text chunk when ``infotext`` is given.
-
-    Pillow writes tEXt for latin-1 text and iTXt (UTF-8) otherwise, as in A1111 (reference 9).
-    """
-    info = PngImagePlugin.PngInfo()
-    for key, value in (extra_text or {}).items():
-        info.add_text(key, value)
-    if infotext is not None:
-        info.add_text("parameters", infotext)
-    with atomic_output(path) as tmp:
-        img.save(tmp, format="PNG", pnginfo=info)
-    return Path(path)

@@ -1,4 +1,4 @@
-"""images.py: safe decoding, per-mode conversion, A1111 resize modes, atomic writes (reference B2, 6.2)."""
+"""images.py: safe decoding, per-mode conversion, A1111 resize modes (reference B2, 6.2)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from skimage import data
 from depth2img import images
 from depth2img.errors import InvalidImageError
 from depth2img.images import (
-    floor_to_multiple, load_image, open_image, resize_image, save_png, to_gray_float, to_rgb,
+    floor_to_multiple, load_image, open_image, resize_image, to_gray_float, to_rgb,
 )
 
 
@@ -327,46 +327,3 @@ def test_floor_to_multiple() -> None:
     assert floor_to_multiple(512, 512, 64) == (512, 512)
     with pytest.raises(InvalidImageError, match="smaller than 8"):
         floor_to_multiple(7, 100, 8)
-
-
-# --- atomic writes --------------------------------------------------------------------------------
-
-def test_save_png_writes_text_chunks_and_creates_dirs(tmp_path: Path, chelsea: Image.Image) -> None:
-    dest = tmp_path / "new" / "dir" / "out.png"
-    assert save_png(chelsea, dest, infotext="a cat ✓\nSteps: 20", extra_text={"Software": "depth2img"}) == dest
-    with Image.open(dest) as im:
-        assert im.info["parameters"] == "a cat ✓\nSteps: 20" and im.info["Software"] == "depth2img"
-        assert diff(im.convert("RGB"), chelsea) == 0
-    assert os.listdir(dest.parent) == ["out.png"]
-    reference = tmp_path / "plain"
-    reference.write_bytes(b"")
-    assert dest.stat().st_mode & 0o777 == reference.stat().st_mode & 0o777  # umask kept, not 0600
-
-
-def test_save_png_failure_leaves_destination_untouched(tmp_path: Path, chelsea: Image.Image,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    dest = tmp_path / "out.png"
-    dest.write_bytes(b"old")
-    with pytest.raises(OSError):  # PNG cannot hold mode F: the real encoder fails
-        save_png(Image.new("F", (8, 8)), dest)
-    assert dest.read_bytes() == b"old" and os.listdir(tmp_path) == ["out.png"]
-
-    def failing_replace(src: object, dst: object) -> None:
-        raise OSError("disk full")
-    monkeypatch.setattr(images.os, "replace", failing_replace)
-    with pytest.raises(OSError, match="disk full"):
-        save_png(chelsea, dest)
-    assert dest.read_bytes() == b"old" and os.listdir(tmp_path) == ["out.png"]
-
-
-def test_atomic_output_keeps_suffix_for_np_save(tmp_path: Path) -> None:
-    arr = np.arange(6, dtype=np.float32).reshape(2, 3)
-    with images.atomic_output(tmp_path / "depth.npy") as tmp:
-        assert tmp.parent == tmp_path and tmp.name.endswith(".npy") and tmp.exists()
-        np.save(tmp, arr)
-    assert np.array_equal(np.load(tmp_path / "depth.npy"), arr) and os.listdir(tmp_path) == ["depth.npy"]
-    with pytest.raises(KeyboardInterrupt), images.atomic_output(tmp_path / "x.bin") as tmp:
-        tmp.write_bytes(b"partial")
-        raise KeyboardInterrupt
-    assert os.listdir(tmp_path) == ["depth.npy"]
-    assert images.atomic_write_bytes(tmp_path / "depth.npy", b"new").read_bytes() == b"new"

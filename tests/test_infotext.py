@@ -10,7 +10,7 @@ from PIL import Image
 from skimage import data
 
 from depth2img.errors import InvalidImageError
-from depth2img.images import save_png
+from depth2img.outputs import save_image as save_png
 from depth2img.infotext import build_infotext, parse_infotext, read_infotext
 
 A1111_EXAMPLE = (

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ModelLoadError, UnsafeCheckpointError
+from ..errors import CorruptCheckpointError, ModelLoadError, UnsafeCheckpointError
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -56,10 +56,6 @@ _ST_DTYPES: dict[str, tuple[torch.dtype, int]] = {
     "F8_E4M3": (torch.float8_e4m3fn, 1),
     "F8_E5M2": (torch.float8_e5m2, 1),
 }
-
-
-class CorruptCheckpointError(ModelLoadError):
-    """The file is not a readable checkpoint (truncated, wrong format, inconsistent header)."""
 
 
 # --------------------------------------------------------------------------------------------------
