@@ -271,15 +271,19 @@ class Pipeline:
 
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
         """Latents → PIL images. Non-finite latents raise; a non-finite decode is retried once in float32
-        (A1111's auto VAE precision); the VAE then stays float32 for later calls."""
+        (A1111's auto VAE precision), after which the VAE goes back to its dtype (no state changes between calls)."""
         if not torch.isfinite(latents).all():
             raise NonFiniteOutputError("unet", str(self.dtype).removeprefix("torch."), "try float32 or bfloat16")
         scaled = latents / self.vae.config.scaling_factor
         pixels = self.vae.decode(scaled.to(self.vae.dtype), return_dict=False)[0]
         if not torch.isfinite(pixels).all() and self.vae.dtype != torch.float32:
             warnings.warn(f"VAE decode overflowed in {self.vae.dtype}; retrying in float32", stacklevel=2)
-            self.vae.to(torch.float32)
-            pixels = self.vae.decode(scaled.float(), return_dict=False)[0]
+            dtype = self.vae.dtype
+            try:  # for this decode only: a shared pipeline (server, batch) keeps the dtype it was loaded with
+                torch.nn.Module.to(self.vae, dtype=torch.float32)
+                pixels = self.vae.decode(scaled.float(), return_dict=False)[0]
+            finally:
+                torch.nn.Module.to(self.vae, dtype=dtype)
         if not torch.isfinite(pixels).all():
             raise NonFiniteOutputError("vae", str(self.vae.dtype).removeprefix("torch."), "the model weights may be broken")
         return self.image_processor.postprocess(pixels.float(), output_type="pil")

@@ -166,6 +166,7 @@ def test_non_finite_decode_is_retried_in_float32_once():
         result = pipe.generate(prompt="x", image=photo("astronaut", (32, 32)), **FAST)
     assert calls == [torch.bfloat16, torch.float32]
     assert np.asarray(result.images[0]).std() > 0
+    assert pipe.vae.dtype == torch.bfloat16  # the retry changes nothing for the next call
 
 
 def test_non_finite_decode_in_float32_raises():
