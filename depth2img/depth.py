@@ -6,7 +6,6 @@ estimators output relative inverse depth (disparity-like).
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .errors import InvalidImageError
-from .request import DepthInput, GenerationRequest
+from .request import PERCENTILES, DepthInput, GenerationRequest
 
 
 @dataclass
@@ -54,7 +53,7 @@ def estimate_depth(estimator: Any, feature_extractor: Any, image: Image.Image) -
     return estimator(pixel_values).predicted_depth.float().cpu()  # (1, h, w)
 
 
-def normalize_depth(depth: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def normalize_depth(depth: torch.Tensor, size: tuple[int, int], notes: list[str] | None = None) -> torch.Tensor:
     """(N, h, w) depth → (N, 1, *size) in [-1, 1], as diffusers / the original inference scripts.
 
     Bicubic (align_corners=False, no antialias) to the latent size, then per-sample min-max to [-1, 1].
@@ -63,7 +62,7 @@ def normalize_depth(depth: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
     Deliberate deviation: the reference divides by (max - min) with no epsilon, so a flat map gives NaN
     and a black image; here a flat map becomes all zeros (mid-depth) instead. Non-flat maps are
-    bit-identical to the reference.
+    bit-identical to the reference. A flat map adds a line to ``notes`` (the Result's warnings).
     """
     depth = depth.float().cpu().unsqueeze(1)  # (N, 1, h, w)
     # Flatness is judged before resizing: bicubic weights do not sum to exactly 1 in float32, so a
@@ -74,8 +73,8 @@ def normalize_depth(depth: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     dmax = torch.amax(depth, dim=[1, 2, 3], keepdim=True)
     span = dmax - dmin
     flat = flat | (span == 0)
-    if bool(flat.any()):
-        warnings.warn("the depth map is flat (constant): it carries no structure; using a mid-depth plane", stacklevel=2)
+    if bool(flat.any()) and notes is not None:
+        notes.append("the depth map is flat (constant): it carries no structure; using a mid-depth plane")
     return torch.where(flat, torch.zeros_like(depth), 2.0 * (depth - dmin) / torch.where(flat, 1.0, span) - 1.0)
 
 
@@ -163,7 +162,7 @@ def turbo(unit: np.ndarray) -> np.ndarray:
     return np.round(np.clip(rgb, 0.0, 1.0) * 255).astype(np.uint8)
 
 
-def adjust_depth(depth: np.ndarray, *, invert: bool = False, clip: tuple[float, float] = (0.0, 100.0)) -> np.ndarray:
+def adjust_depth(depth: np.ndarray, *, invert: bool = False, clip: tuple[float, float] = PERCENTILES) -> np.ndarray:
     """Depth conventions and clipping, applied to the raw map (own or estimated) before normalisation.
 
     ``invert``: for maps where black = near (Blender Z pass, most depth cameras): ``max + min - d``,
@@ -175,7 +174,7 @@ def adjust_depth(depth: np.ndarray, *, invert: bool = False, clip: tuple[float, 
     out = np.asarray(depth, dtype=np.float32)
     if invert:
         out = out.max() + out.min() - out
-    if tuple(clip) != (0.0, 100.0):
+    if tuple(clip) != PERCENTILES:
         far, near = np.percentile(out, [clip[0], clip[1]])
         out = np.clip(out, far, near).astype(np.float32)
     return out
@@ -195,7 +194,7 @@ def depth_control_params(request: GenerationRequest) -> dict[str, object]:
     clip = tuple(request.depth_clip)
     return {
         "Depth invert": True if request.invert_depth else None,
-        "Depth clip": f"{clip[0]:g}-{clip[1]:g}" if clip != (0.0, 100.0) else None,
+        "Depth clip": f"{clip[0]:g}-{clip[1]:g}" if clip != PERCENTILES else None,
         "Depth strength": request.depth_strength if request.depth_strength != 1.0 else None,
         "Depth end": request.depth_end if request.depth_end != 1.0 else None,
     }

@@ -16,8 +16,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import InvalidRequestError
-from .pipeline import resolve_seeds
-from .request import GenerationRequest
+from .request import GenerationRequest, resolve_seeds
 
 
 @dataclass(frozen=True)

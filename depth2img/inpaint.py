@@ -33,9 +33,9 @@ from scipy.ndimage import convolve1d
 
 from .errors import InvalidImageError
 from .images import floor_to_multiple, open_image, resize_image
+from . import a1111
 from .request import GenerationRequest, ImageInput, InpaintArea, MaskedContent, ResizeMode
 
-A1111_MASKED_CONTENT = {"original": "original", "fill": "fill", "latent_noise": "latent noise", "latent_nothing": "latent nothing"}
 
 Box = tuple[int, int, int, int]  # (x1, y1, x2, y2), x2/y2 exclusive
 
@@ -247,11 +247,11 @@ def inpaint_params(request: GenerationRequest) -> dict[str, object]:
     area padding, Masked content, Mask mode, with A1111's value spellings."""
     if request.mask is None:
         return {}
-    only_masked = request.inpaint_area == "only_masked"
+    only_masked, area = a1111.INPAINT_AREAS[request.inpaint_area]
     return {
         "Mask blur": request.mask_blur,
-        "Inpaint area": "Only masked" if only_masked else "Whole picture",
+        "Inpaint area": area,
         "Masked area padding": request.padding if only_masked else None,
-        "Masked content": A1111_MASKED_CONTENT[request.masked_content],
-        "Mask mode": "Inpaint not masked" if request.invert_mask else "Inpaint masked",
+        "Masked content": a1111.MASKED_CONTENT[request.masked_content][1],
+        "Mask mode": a1111.MASK_MODES[request.invert_mask][1],
     }

@@ -12,18 +12,19 @@ the same seed (tests/test_parity.py proves it). Deliberate deviations, each test
 
 from __future__ import annotations
 
-import secrets
-import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from . import __version__
+from . import __version__, a1111
+from .backends import Backend, Conditioning, select_backend
 from .depth import (
     DepthMaps,
     adjust_depth,
@@ -39,12 +40,11 @@ from .images import floor_to_multiple, load_image, resize_image
 from .infotext import build_infotext
 from .inpaint import InpaintJob, inpaint_params, prepare_inpaint
 from .models.components import Components, check_components
-from .request import MAX_SEED, GenerationRequest, ImageInput
+from .request import PERCENTILES, GenerationRequest, ImageInput, resolve_seeds
 from .result import Result, StepInfo
 from .sampling import (
     SCHEDULERS,
     CFGDenoiser,
-    DepthConcat,
     LatentBlend,
     denoise,
     depth_end_timestep,
@@ -56,11 +56,38 @@ from .sampling import (
 Callback = Callable[[StepInfo], Any]
 
 
+@dataclass
+class Plan:
+    """A checked, decoded request: everything decided before the model computes anything.
+
+    :meth:`Pipeline.plan` makes it in milliseconds (a server reports queue position and refuses bad
+    input before any work); :meth:`Pipeline.run` executes it. ``notes`` become the Result's warnings.
+    """
+
+    request: GenerationRequest
+    image: Image.Image | None  # what the model sees (resized, or the inpainting crop); None: depth only
+    job: InpaintJob | None
+    user_depth: np.ndarray | None  # the own depth map (cropped like the image for only_masked)
+    seeds: list[int]
+    size: tuple[int, int]  # (W, H) of the output
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def keeps_input(self) -> bool:
+        """Strength 0: no step runs and the photo comes back unchanged (A1111's behaviour)."""
+        return self.image is not None and self.request.strength == 0
+
+
 class Pipeline:
-    """A loaded model. Components are attributes (as in diffusers) and may be inspected or swapped."""
+    """A loaded model. Components are attributes (as in diffusers) and may be inspected or swapped.
+
+    ``backend`` (chosen once, here, from the components) holds what differs between model families:
+    input checks, the UNet's conditioning wrapper and infotext entries.
+    """
 
     def __init__(self, components: Components, *, device: torch.device | str | None = None, dtype: Any = None):
         check_components(components)
+        self.backend: Backend = select_backend(components)
         self.device, self.dtype = parse_device(device), parse_dtype(dtype)
         self.unet = _place(components.unet, self.device, self.dtype)
         self.vae = _place(components.vae, self.device, self.dtype)
@@ -78,41 +105,56 @@ class Pipeline:
 
     @property
     def kind(self) -> str:
-        return "depth" if self.unet.config.in_channels == 5 else "img2img"
+        """"depth" or "img2img": the backend's kind, decided at load time."""
+        return self.backend.kind
 
     @torch.no_grad()
     def generate(
         self, request: GenerationRequest | None = None, /, *, callback: Callback | None = None, **fields: Any
     ) -> Result:
-        """Run one request (or build one from keyword ``fields``). See :class:`GenerationRequest`."""
-        # 0. Check inputs and decode them; nothing heavy has run yet, so bad input costs nothing.
-        request = self.check_inputs(request if request is not None else GenerationRequest(**fields))
+        """Run one request, or one built from keyword ``fields``; given both, the fields override the
+        request's (``generate(request, seed=5)``). See :class:`GenerationRequest`."""
+        if request is None:
+            request = GenerationRequest(**fields)
+        elif fields:
+            request = request.replace(**fields)
+        return self.run(self.plan(request), callback=callback)
+
+    def plan(self, request: GenerationRequest) -> Plan:
+        """0. Check inputs and decode them; nothing heavy has run yet, so bad input costs nothing."""
+        request = self.check_inputs(request)
         user_depth = load_depth_map(request.depth_map) if request.depth_map is not None else None
         job = self.prepare_inpaint(request) if request.mask is not None else None
-        image = job.image if job is not None else self.load_init_image(request)  # what the model sees; None: depth only
-        seeds = resolve_seeds(request.seed, request.batch_size)
-        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-        batch = request.batch_size
-
-        # 1. Encode the prompt: (B, 77, D) each.
-        cond, uncond = self.encode_prompt(request.prompt, request.negative_prompt, batch, request.guidance_scale > 1)
-
-        # 2. Depth: estimate on the image the model sees (or take the user's), adjust, normalise to [-1, 1].
-        width, height = image.size if image is not None else self.depth_only_size(user_depth, request)
-        latent_size = (height // self.vae_scale_factor, width // self.vae_scale_factor)
-        if self.kind == "depth" and job is not None and job.box is not None and user_depth is not None:
+        image = job.image if job is not None else self.load_init_image(request)
+        size = image.size if image is not None else self.depth_only_size(user_depth, request)
+        if self.backend.uses_depth and job is not None and job.box is not None and user_depth is not None:
             user_depth = crop_depth(user_depth, job.box, job.original.size)
-        depth = self.prepare_depth(image, user_depth, latent_size, request) if self.kind == "depth" else None
-        depth_cond = None if depth is None else depth.normalized.to(self.device, self.dtype).repeat(batch, 1, 1, 1)
+        seeds = resolve_seeds(request.seed, request.batch_size)
+        return Plan(request, image, job, user_depth, seeds, size, notes=request.field_notes())
+
+    @torch.no_grad()
+    def run(self, plan: Plan, *, callback: Callback | None = None) -> Result:
+        """Steps 1-6 of a generation, top to bottom, for a :meth:`plan`."""
+        request, image, job, notes = plan.request, plan.image, plan.job, list(plan.notes)
+        batch = request.batch_size
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in plan.seeds]
+        width, height = plan.size
+        latent_size = (height // self.vae_scale_factor, width // self.vae_scale_factor)
+
+        # 1. Depth: estimate on the image the model sees (or take the user's), adjust, normalise to [-1, 1].
+        depth = self.prepare_depth(image, plan.user_depth, latent_size, request, notes) if self.backend.uses_depth else None
+        if plan.keeps_input:  # strength 0: the photo, unchanged (A1111); the depth is still reported
+            assert image is not None
+            pictures = [job.original.copy() if job is not None else image.copy() for _ in plan.seeds]
+            return self._result(plan, pictures, depth, notes)
+
+        # 2. Encode the prompt: a Conditioning with (B, 77, D) text embeddings each.
+        cond, uncond = self.encode_prompt(request.prompt, request.negative_prompt, batch, request.guidance_scale > 1, notes)
 
         # 3. Timesteps, truncated by strength (depth only: the whole schedule, from pure noise).
         scheduler = make_scheduler(request.scheduler, self.scheduler.config)
         scheduler.set_timesteps(request.steps, device=self.device)
         timesteps, _ = get_timesteps(scheduler, request.steps, request.strength if image is not None else 1.0)
-        if len(timesteps) == 0:
-            raise InvalidRequestError(
-                f"strength {request.strength:g} with {request.steps} steps runs no denoising step; raise either"
-            )
 
         # 4. Latents: VAE-encode the image, sample the posterior and add noise, one generator per image.
         #    Inpainting: masked content acts on the clean latents, and the scheduler is wrapped so that
@@ -131,9 +173,11 @@ class Pipeline:
                 scheduler = LatentBlend(scheduler, init, noise, latent_mask, timesteps)
             latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(batch))
 
-        # 5. Denoise: the conditioning wraps the UNet; the loop only sees eps = model(x, t).
+        # 5. Denoise: the backend's conditioning wraps the UNet, guidance wraps that; the loop only
+        #    sees eps = model(x, t).
+        depth_cond = None if depth is None else depth.normalized.to(self.device, self.dtype).repeat(batch, 1, 1, 1)
         end_timestep = depth_end_timestep(timesteps, request.depth_end)
-        unet = DepthConcat(self.unet, depth_cond, strength=request.depth_strength, end_timestep=end_timestep)
+        unet = self.backend.denoiser(self.unet, depth_cond, request, end_timestep)
         model = CFGDenoiser(unet, cond, uncond, request.guidance_scale)
         latents = denoise(
             scheduler,
@@ -145,26 +189,22 @@ class Pipeline:
         )
 
         # 6. Decode, refusing to return NaN/black images; inpainting puts the original back where kept.
-        images = self.decode(latents)
+        images = self.decode(latents, notes)
         if job is not None:
             images = [job.composite(picture) for picture in images]
-        infotexts = [self.infotext(request, seed, images[0].size, user_depth is not None) for seed in seeds]
-        return Result(images=images, depth_map=depth, seeds=seeds, infotexts=infotexts, request=request)
+        return self._result(plan, images, depth, notes)
+
+    def _result(self, plan: Plan, images: list[Image.Image], depth: DepthMaps | None, notes: list[str]) -> Result:
+        own = plan.user_depth is not None
+        infotexts = [self.infotext(plan.request, seed, images[0].size, own) for seed in plan.seeds]
+        return Result(images=images, depth_map=depth, seeds=plan.seeds, infotexts=infotexts, request=plan.request,
+                      warnings=notes)
 
     # -- steps -------------------------------------------------------------------------------------
 
     def check_inputs(self, request: GenerationRequest) -> GenerationRequest:
         request.validate()
-        if self.kind == "img2img" and request.depth_map is not None:
-            raise InvalidRequestError(f"a depth map was given, but '{self.name}' is a plain img2img model (no depth input)")
-        if self.kind == "depth" and request.depth_map is None and self.depth_estimator is None:
-            raise InvalidRequestError(
-                f"'{self.name}' is a depth model without a depth estimator: give a depth map or a depth model"
-            )
-        if request.image is None and self.kind == "img2img":
-            raise InvalidRequestError(f"'{self.name}' is a plain img2img model: it needs an init image")
-        if self.kind == "img2img" and not request.depth_controls_default:
-            raise InvalidRequestError(f"depth controls were given, but '{self.name}' is a plain img2img model")
+        self.backend.check_inputs(request, model=self.name, has_estimator=self.depth_estimator is not None)
         return request
 
     def load_init_image(self, request: GenerationRequest) -> Image.Image | None:
@@ -208,26 +248,28 @@ class Pipeline:
         return floor_to_multiple(width, height, self.vae_scale_factor)
 
     def encode_prompt(
-        self, prompt: str, negative_prompt: str, batch: int, guidance: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self, prompt: str, negative_prompt: str, batch: int, guidance: bool, notes: list[str] | None = None
+    ) -> tuple[Conditioning, Conditioning | None]:
         """Text embeddings (B, 77, D), as diffusers' ``encode_prompt`` with clip_skip None.
 
         For SD2 the folder's text encoder has 23 layers: its last hidden state after final_layer_norm
         *is* OpenCLIP's penultimate layer + ln_final, as the original "penultimate" embedder.
         """
-        cond = self._encode_text(prompt).repeat(batch, 1, 1)
-        uncond = self._encode_text(negative_prompt).repeat(batch, 1, 1) if guidance else None
+        notes = [] if notes is None else notes
+        cond = Conditioning(self._encode_text(prompt, "prompt", notes)).repeat(batch)
+        uncond = Conditioning(self._encode_text(negative_prompt, "negative prompt", notes)).repeat(batch) if guidance else None
         return cond, uncond
 
-    def _encode_text(self, text: str) -> torch.Tensor:
+    def _encode_text(self, text: str, what: str, notes: list[str]) -> torch.Tensor:
         tokenizer = self.tokenizer
         ids = tokenizer(
             text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
         ).input_ids
-        full = tokenizer(text, padding="longest", return_tensors="pt").input_ids
+        # verbose=False: transformers' "sequence length is longer than ... indexing errors" does not apply
+        # to a count we only use for this note.
+        full = tokenizer(text, padding="longest", return_tensors="pt", verbose=False).input_ids
         if full.shape[-1] > ids.shape[-1]:
-            dropped = tokenizer.batch_decode(full[:, tokenizer.model_max_length - 1 : -1])[0]
-            warnings.warn(f"prompt is longer than {tokenizer.model_max_length} tokens; truncated: {dropped!r}", stacklevel=3)
+            notes.append(truncation_note(tokenizer, full[0], what))
         mask = None
         if getattr(self.text_encoder.config, "use_attention_mask", False):
             mask = torch.ones_like(ids).to(self.device)
@@ -239,6 +281,7 @@ class Pipeline:
         user_depth: Any | None,
         latent_size: tuple[int, int],
         request: GenerationRequest | None = None,
+        notes: list[str] | None = None,
     ) -> DepthMaps:
         """The depth the UNet gets: (1, 1, h, w) in [-1, 1] (before depth_strength/depth_end, which
         :class:`DepthConcat` applies), plus the raw map (after invert/clip) for display/export."""
@@ -247,9 +290,9 @@ class Pipeline:
         else:
             assert image is not None  # check_inputs: depth only needs a depth map
             raw, source = estimate_depth(self.depth_estimator, self.feature_extractor, image), "estimated"
-        if request is not None and (request.invert_depth or tuple(request.depth_clip) != (0.0, 100.0)):
+        if request is not None and (request.invert_depth or tuple(request.depth_clip) != PERCENTILES):
             raw = torch.from_numpy(adjust_depth(raw[0].numpy(), invert=request.invert_depth, clip=request.depth_clip))[None]
-        return DepthMaps(raw=raw[0].numpy(), normalized=normalize_depth(raw, latent_size), source=source)
+        return DepthMaps(raw=raw[0].numpy(), normalized=normalize_depth(raw, latent_size, notes), source=source)
 
     def estimate_depth(self, image: ImageInput) -> DepthMaps:
         """Depth of an image with this model's estimator (for ``depth2img depth`` and previews)."""
@@ -269,7 +312,7 @@ class Pipeline:
         noise = randn_tensor(init.shape, generator=generators, device=self.device, dtype=self.dtype)
         return init, noise
 
-    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+    def decode(self, latents: torch.Tensor, notes: list[str] | None = None) -> list[Image.Image]:
         """Latents → PIL images. Non-finite latents raise; a non-finite decode is retried once in float32
         (A1111's auto VAE precision), after which the VAE goes back to its dtype (no state changes between calls)."""
         if not torch.isfinite(latents).all():
@@ -277,7 +320,8 @@ class Pipeline:
         scaled = latents / self.vae.config.scaling_factor
         pixels = self.vae.decode(scaled.to(self.vae.dtype), return_dict=False)[0]
         if not torch.isfinite(pixels).all() and self.vae.dtype != torch.float32:
-            warnings.warn(f"VAE decode overflowed in {self.vae.dtype}; retrying in float32", stacklevel=2)
+            if notes is not None:
+                notes.append(f"VAE decode overflowed in {str(self.vae.dtype).removeprefix('torch.')}; retrying in float32")
             dtype = self.vae.dtype
             try:  # for this decode only: a shared pipeline (server, batch) keeps the dtype it was loaded with
                 torch.nn.Module.to(self.vae, dtype=torch.float32)
@@ -289,19 +333,20 @@ class Pipeline:
         return self.image_processor.postprocess(pixels.float(), output_type="pil")
 
     def infotext(self, request: GenerationRequest, seed: int, size: tuple[int, int], own_depth: bool) -> str:
-        spec = SCHEDULERS[request.scheduler]
+        """A1111's parameters text for image ``seed`` (keys and spellings from a1111.py)."""
+        sampler = a1111.SAMPLERS[request.scheduler]
         params: dict[str, object] = {
             "Steps": request.steps,
-            "Sampler": spec.a1111_name,
-            "Schedule type": spec.schedule_type,
+            "Sampler": sampler.name,
+            "Schedule type": sampler.schedule_type,
             "CFG scale": request.guidance_scale,
             "Seed": seed,
             "Size": f"{size[0]}x{size[1]}",
             "Model hash": self.model_hash,
             "Model": self.name,
             "Denoising strength": request.strength if request.image is not None else 1.0,  # depth only: from noise
-            "Eta": request.eta if request.eta and spec.uses_eta else None,
-            "Depth": ("own map" if own_depth else self.depth_source or "estimated") if self.kind == "depth" else None,
+            "Eta": request.eta if request.eta and SCHEDULERS[request.scheduler].uses_eta else None,
+            **self.backend.infotext(request, own_depth=own_depth, depth_source=self.depth_source),
             **inpaint_params(request),
             **depth_control_params(request),
             **request.extra,
@@ -310,18 +355,19 @@ class Pipeline:
         return build_infotext(request.prompt, request.negative_prompt, params)
 
 
+def truncation_note(tokenizer: Any, ids: torch.Tensor, what: str) -> str:
+    """One short line: how long the prompt is, how much the text encoder reads, the first words dropped."""
+    limit = tokenizer.model_max_length
+    dropped = tokenizer.decode(ids[limit - 1 : -1], skip_special_tokens=True).split()
+    head = " ".join(dropped[:8]) + (" ..." if len(dropped) > 8 else "")
+    return f"{what} is {len(ids)} tokens, the text encoder reads {limit} (start and end included): dropped '{head}'"
+
+
 def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> Any:
     """Move and cast a model, in eval mode. Calls torch's ``Module.to`` directly: diffusers 0.42's
     ``ModelMixin.to`` logs a "should be kept in float32: []" warning on every dtype cast, even for
     models with no fp32 modules."""
     return torch.nn.Module.to(module, device=device, dtype=dtype).eval()
-
-
-def resolve_seeds(seed: int | None, batch: int) -> list[int]:
-    """Per-image seeds ``seed + i`` (A1111); None or -1 draws a random base seed."""
-    if seed is None or seed == -1:
-        seed = secrets.randbelow(MAX_SEED - batch)
-    return [seed + i for i in range(batch)]
 
 
 def _step_reporter(callback: Callback | None) -> Callable[..., None] | None:

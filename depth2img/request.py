@@ -1,19 +1,27 @@
 """The one request type that carries a generation from the edge (CLI, HTTP API, UI, Python) to the engine.
 
 Edges only translate their inputs into a :class:`GenerationRequest`; the engine only reads this type.
-Field names and defaults follow diffusers' ``StableDiffusionDepth2ImgPipeline.__call__`` where it has
-the field (strength 0.8, 50 steps, guidance 7.5, eta 0) and AUTOMATIC1111's img2img where it does not
-(resize modes, seed -1 = random, per-image seeds ``seed + i``).
+Each parameter is declared once, here: its type, default, range, choices, help text, CLI flag and
+AUTOMATIC1111 API name live on the field (:class:`Param`, ComfyUI's INPUT_TYPES idea). ``validate()``,
+the CLI options, the HTTP schemas and the UI form are derived from :data:`PARAMS`; adding a parameter
+is one edit. Field names and defaults follow diffusers' ``StableDiffusionDepth2ImgPipeline.__call__``
+where it has the field (strength 0.8, 50 steps, guidance 7.5, eta 0) and AUTOMATIC1111's img2img where
+it does not (resize modes, seed -1 = random, per-image seeds ``seed + i``, the inpainting options).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
+import secrets
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args
 
+from . import a1111
+from .a1111 import InpaintArea, MaskedContent, ResizeMode, SchedulerName
 from .errors import InvalidRequestError
 
 if TYPE_CHECKING:
@@ -21,12 +29,13 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-ResizeMode = Literal["just_resize", "crop_and_resize", "resize_and_fill"]
-RESIZE_MODES: tuple[str, ...] = ("just_resize", "crop_and_resize", "resize_and_fill")
-MaskedContent = Literal["original", "fill", "latent_noise", "latent_nothing"]  # A1111's "Masked content"
-MASKED_CONTENTS: tuple[str, ...] = ("original", "fill", "latent_noise", "latent_nothing")
-InpaintArea = Literal["whole", "only_masked"]  # A1111's "Whole picture" / "Only masked"
-INPAINT_AREAS: tuple[str, ...] = ("whole", "only_masked")
+__all__ = ["GenerationRequest", "Param", "PARAMS", "ImageInput", "DepthInput", "ResizeMode", "MaskedContent",
+           "InpaintArea", "SchedulerName", "RESIZE_MODES", "MASKED_CONTENTS", "INPAINT_AREAS", "SCHEDULER_NAMES"]
+
+RESIZE_MODES: tuple[str, ...] = get_args(ResizeMode)
+MASKED_CONTENTS: tuple[str, ...] = get_args(MaskedContent)
+INPAINT_AREAS: tuple[str, ...] = get_args(InpaintArea)
+SCHEDULER_NAMES: tuple[str, ...] = get_args(SchedulerName)
 
 # An image is a PIL image, an HWC uint8/float array, a path, or encoded bytes; a depth map may also
 # be an (H, W) array/tensor. Decoding (and its safety checks) happens in images.py / depth.py.
@@ -37,113 +46,230 @@ MAX_SEED = 2**32 - 1  # A1111's range; seeds are per image seed + i, so keep hea
 MAX_BATCH = 64
 MAX_STEPS = 1000
 MAX_SIDE = 4096
+PERCENTILES = (0.0, 100.0)  # depth_clip's range and its "no clip" default
+
+Kind = Literal["text", "image", "depth", "float", "int", "seed", "size", "choice", "bool", "pair", "extra"]
+
+
+@dataclass(frozen=True)
+class Param:
+    """How one request field is typed, bounded, explained and named at every edge.
+
+    ``kind`` says how edges read it (``image``/``depth``: a file or encoded image; ``pair``: two numbers
+    "a,b"; ``size``: an optional multiple of 8; ``seed``: -1 = random). ``flag`` is the CLI option
+    (default ``--field-name``), ``a1111`` the field of A1111's ``/sdapi/v1/img2img`` it maps to (None:
+    depth2img's own), ``group`` the section it is shown under.
+    """
+
+    kind: Kind
+    help: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    flag: str = ""
+    short: str | None = None
+    a1111: str | None = None
+    group: str = "generation"
+    cli: bool = True
+
+
+def param(default: Any, kind: Kind, help: str, **options: Any) -> Any:
+    """A dataclass field carrying its :class:`Param` (``default_factory`` for tuples stays a plain default)."""
+    return field(default=default, metadata={"param": Param(kind, help, **options)})
 
 
 @dataclass
 class GenerationRequest:
     """Everything one generation needs. Validate with :meth:`validate` (the pipeline does)."""
 
-    prompt: str
-    image: ImageInput | None = None
-    negative_prompt: str = ""
-    strength: float = 0.8  # ignored in depth-only generation (no image), which runs all steps from noise
-    steps: int = 50
-    guidance_scale: float = 7.5
-    seed: int | None = None  # None or -1: random; image i uses seed + i
-    batch_size: int = 1
-    width: int | None = None  # both or neither; None keeps the image size (floored to a multiple of 8)
-    height: int | None = None
-    resize_mode: ResizeMode = "just_resize"
-    scheduler: str = "pndm"
-    depth_map: DepthInput | None = None  # own depth map (white = near), replaces the estimate
-    eta: float = 0.0  # DDIM eta; ignored by schedulers without it
-    # Inpainting (A1111's names and defaults; see inpaint.py). Without a mask these are ignored.
-    mask: ImageInput | None = None  # white = repaint; an RGBA mask's alpha is used; resized if same aspect
-    mask_blur: float = 4  # Gaussian sigma in pixels (A1111 kernel), 0..64
-    masked_content: MaskedContent = "original"
-    inpaint_area: InpaintArea = "whole"
-    padding: int = 32  # only_masked: pixels around the mask's bounding box, 0..256
-    invert_mask: bool = False  # A1111's "Inpaint not masked"
+    prompt: str = param("", "text", "What the new picture shows.", short="-p", a1111="prompt", group="prompt")
+    image: ImageInput | None = param(
+        None, "image", "The photo whose 3-D layout is kept (PNG/JPEG/WebP/TIFF/BMP). Without it: depth-only "
+        "generation from --depth.", short="-i", a1111="init_images", group="input")
+    negative_prompt: str = param("", "text", "What to steer away from.", short="-n", a1111="negative_prompt", group="prompt")
+    strength: float = param(
+        0.8, "float", "Denoising strength; with depth, 1.0 still keeps the layout. 0 returns the photo unchanged "
+        "(as A1111). Ignored in depth-only generation.", low=0.0, high=1.0, a1111="denoising_strength")
+    steps: int = param(50, "int", "Sampling steps (before strength truncation).", low=1, high=MAX_STEPS, a1111="steps")
+    guidance_scale: float = param(7.5, "float", "Classifier-free guidance scale (1 or less: off).", low=0.0, high=100.0,
+                                  flag="--cfg", a1111="cfg_scale")
+    seed: int | None = param(-1, "seed", "Seed; -1 = random (the seed drawn is reported). Image i of a batch uses "
+                             "seed + i.", low=-1, high=MAX_SEED, a1111="seed")
+    batch_size: int = param(1, "int", "Images to make (files OUT-0.png, OUT-1.png...).", low=1, high=MAX_BATCH,
+                            short="-b", a1111="batch_size")
+    width: int | None = param(None, "size", "Output width, a multiple of 8; default: the image's, floored.",
+                              low=8, high=MAX_SIDE, a1111="width", group="size")
+    height: int | None = param(None, "size", "Output height, a multiple of 8; give with the width.",
+                               low=8, high=MAX_SIDE, a1111="height", group="size")
+    resize_mode: ResizeMode = param("just_resize", "choice", "How the photo fits the output size (A1111's modes).",
+                                    choices=RESIZE_MODES, a1111="resize_mode", group="size")
+    scheduler: SchedulerName = param("pndm", "choice", "Sampler (pndm is the model's own).", choices=SCHEDULER_NAMES,
+                                     a1111="sampler_name")
+    depth_map: DepthInput | None = param(
+        None, "depth", "Your own depth map (8/16-bit PNG/TIFF or .npy; white = near), instead of the estimate.",
+        flag="--depth", group="depth")
+    eta: float = param(0.0, "float", "DDIM eta (0 = deterministic); only the ddim sampler uses it.", low=0.0, high=1.0,
+                       a1111="eta")
+    # Inpainting (A1111's names and defaults; see inpaint.py). Without a mask these must stay at their defaults.
+    mask: ImageInput | None = param(None, "image", "Inpaint: white = repaint (an RGBA mask's alpha is used).",
+                                    a1111="mask", group="inpaint")
+    mask_blur: float = param(4, "float", "Mask blur sigma in pixels (A1111).", low=0.0, high=64.0, a1111="mask_blur",
+                             group="inpaint")
+    masked_content: MaskedContent = param("original", "choice", "What starts under the mask (A1111's masked content).",
+                                          choices=MASKED_CONTENTS, a1111="inpainting_fill", group="inpaint")
+    inpaint_area: InpaintArea = param(
+        "whole", "choice", "whole picture, or only_masked (crop around the mask, generate, paste back).",
+        choices=INPAINT_AREAS, a1111="inpaint_full_res", group="inpaint")
+    padding: int = param(32, "int", "only_masked: pixels kept around the mask.", low=0, high=256,
+                         a1111="inpaint_full_res_padding", group="inpaint")
+    invert_mask: bool = param(False, "bool", "Repaint what is black instead (A1111's 'Inpaint not masked').",
+                              a1111="inpainting_mask_invert", group="inpaint")
     # Depth controls (depth models only; the defaults leave the reference behaviour bit for bit).
-    invert_depth: bool = False  # the map (own or estimated) uses black = near (Blender Z, depth cameras)
-    depth_clip: tuple[float, float] = (0.0, 100.0)  # far/near clip as percentiles of the map, then renormalised
-    depth_strength: float = 1.0  # 1 = as trained; 0 = flat map (no structure); blends toward mid-depth
-    depth_end: float = 1.0  # fraction of the steps that get the depth; flat map afterwards
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form, copied into the infotext
+    invert_depth: bool = param(False, "bool", "The depth map uses black = near (Blender Z, depth cameras).", group="depth")
+    depth_clip: tuple[float, float] = param(
+        PERCENTILES, "pair", "FAR,NEAR percentiles to clip the depth to, then renormalise, e.g. 2,98.",
+        low=PERCENTILES[0], high=PERCENTILES[1], group="depth")
+    depth_strength: float = param(1.0, "float", "How strongly the depth is followed (1 = as trained, 0 = flat).",
+                                  low=0.0, high=1.0, group="depth")
+    depth_end: float = param(1.0, "float", "Fraction of the steps that get the depth; a flat map after.",
+                             low=0.0, high=1.0, group="depth")
+    extra: dict[str, Any] = field(default_factory=dict, metadata={"param": Param(
+        "extra", "Free-form infotext entries (A1111 keys; cannot override depth2img's own).", cli=False)})
 
     def replace(self, **changes: Any) -> GenerationRequest:
+        unknown = sorted(set(changes) - set(PARAMS))
+        if unknown:
+            raise InvalidRequestError(f"unknown request field {unknown[0]!r}")
         return dataclasses.replace(self, **changes)
 
-    def validate(self) -> GenerationRequest:
-        """Raise :class:`InvalidRequestError` naming the first bad field; return self when all is well."""
-        from .sampling import SCHEDULER_NAMES  # late import: sampling pulls in diffusers
+    def validate(self, *, label: Callable[[str], str] | None = None) -> GenerationRequest:
+        """Raise :class:`InvalidRequestError` naming the first bad field; return self when all is well.
 
-        if not isinstance(self.prompt, str):
-            raise InvalidRequestError(f"prompt must be a string, got {type(self.prompt).__name__}")
-        if not isinstance(self.negative_prompt, str):
-            raise InvalidRequestError("negative_prompt must be a string")
-        _check_number("strength", self.strength, 0.0, 1.0)
-        _check_int("steps", self.steps, 1, MAX_STEPS)
-        _check_number("guidance_scale", self.guidance_scale, 0.0, 100.0)
-        _check_number("eta", self.eta, 0.0, 1.0)
-        _check_int("batch_size", self.batch_size, 1, MAX_BATCH)
-        if self.seed is not None and self.seed != -1:
-            _check_int("seed", self.seed, 0, MAX_SEED)
+        ``label`` turns a field name into what the user typed (the CLI passes its flags, so an error
+        says ``--cfg``, not ``guidance_scale``).
+        """
+        name = label or (lambda f: f)
         if (self.width is None) != (self.height is None):
-            raise InvalidRequestError("give both width and height, or neither (to keep the image size)")
-        for name in ("width", "height"):
-            value = getattr(self, name)
-            if value is not None:
-                _check_int(name, value, 8, MAX_SIDE)
-                if value % 8:
-                    lower, upper = value - value % 8, value - value % 8 + 8
-                    raise InvalidRequestError(f"{name} must be a multiple of 8, got {value} (try {lower} or {upper})")
-        if self.resize_mode not in RESIZE_MODES:
-            raise InvalidRequestError(f"unknown resize_mode {self.resize_mode!r}; choose one of {', '.join(RESIZE_MODES)}")
-        if self.scheduler not in SCHEDULER_NAMES:
-            raise InvalidRequestError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULER_NAMES)}")
-        if self.image is None and self.depth_map is None:
-            raise InvalidRequestError("an image is required (or a depth map for depth-only generation)")
-        self._validate_inpaint()
-        self._validate_depth_controls()
+            raise InvalidRequestError(
+                f"give both {name('width')} and {name('height')}, or neither (to keep the image size)")
+        for f in dataclasses.fields(self):
+            check_value(f.name, getattr(self, f.name), PARAMS[f.name], name(f.name))
+        self._validate_combination(name)
         return self
 
-    def _validate_inpaint(self) -> None:
-        """A1111's UI ranges: blur 0-64, padding 0-256."""
-        if self.mask is not None and self.image is None:
-            raise InvalidRequestError("a mask needs an image to inpaint")
-        if self.invert_mask and self.mask is None:
-            raise InvalidRequestError("invert_mask needs a mask")
-        _check_number("mask_blur", self.mask_blur, 0.0, 64.0)
-        if self.masked_content not in MASKED_CONTENTS:
+    def _validate_combination(self, name: Callable[[str], str]) -> None:
+        if self.image is None and self.depth_map is None:
             raise InvalidRequestError(
-                f"unknown masked_content {self.masked_content!r}; choose one of {', '.join(MASKED_CONTENTS)}"
-            )
-        if self.inpaint_area not in INPAINT_AREAS:
-            raise InvalidRequestError(f"unknown inpaint_area {self.inpaint_area!r}; choose one of {', '.join(INPAINT_AREAS)}")
-        _check_int("padding", self.padding, 0, 256)
-
-    def _validate_depth_controls(self) -> None:
-        if not isinstance(self.invert_depth, bool):
-            raise InvalidRequestError(f"invert_depth must be true or false, got {self.invert_depth!r}")
-        if not isinstance(self.depth_clip, (tuple, list)) or len(self.depth_clip) != 2:
-            raise InvalidRequestError(f"depth_clip must be two percentiles (far, near), got {self.depth_clip!r}")
-        _check_number("depth_clip far", self.depth_clip[0], 0.0, 100.0)
-        _check_number("depth_clip near", self.depth_clip[1], 0.0, 100.0)
+                f"an image is required ({name('image')}), or a depth map ({name('depth_map')}) for depth-only generation")
+        if self.mask is not None and self.image is None:
+            raise InvalidRequestError(f"{name('mask')} needs an image to inpaint")
+        if self.mask is None:
+            changed = [f for f in INPAINT_OPTIONS if getattr(self, f) != DEFAULTS[f]]
+            if changed:
+                raise InvalidRequestError(f"{name(changed[0])} needs a mask ({name('mask')})")
         if self.depth_clip[0] >= self.depth_clip[1]:
-            raise InvalidRequestError(f"depth_clip far percentile must be below near, got {tuple(self.depth_clip)}")
-        _check_number("depth_strength", self.depth_strength, 0.0, 1.0)
-        _check_number("depth_end", self.depth_end, 0.0, 1.0)
+            raise InvalidRequestError(
+                f"{name('depth_clip')} far percentile must be below near, got {tuple(self.depth_clip)}")
+        if self.image is not None and 0 < self.strength and int(self.steps * self.strength) == 0:
+            raise InvalidRequestError(
+                f"{name('strength')} {self.strength:g} with {self.steps} {name('steps')} runs no denoising step; "
+                "raise either (or use strength 0 to keep the photo unchanged)")
+        if self.width is None and self.image is not None and hasattr(self.image, "size"):
+            check_image_size(self.image.size, name("width"), name("height"))
+
+    def field_notes(self) -> list[str]:
+        """Fields that were given but do nothing for this request (warned about, never silently dropped)."""
+        notes = []
+        if self.image is None and self.strength != DEFAULTS["strength"]:
+            notes.append("strength is ignored in depth-only generation (no image): every step runs from noise")
+        if self.eta != DEFAULTS["eta"] and self.scheduler != "ddim":
+            notes.append(f"eta is ignored by the {self.scheduler} sampler (only ddim uses it)")
+        return notes
 
     @property
     def depth_controls_default(self) -> bool:
         """True when no depth control is set, so the reference path runs untouched."""
-        return (
-            not self.invert_depth
-            and tuple(self.depth_clip) == (0.0, 100.0)
-            and self.depth_strength == 1.0
-            and self.depth_end == 1.0
-        )
+        return all(getattr(self, f) == DEFAULTS[f] for f in DEPTH_CONTROLS) and tuple(self.depth_clip) == PERCENTILES
+
+
+PARAMS: Mapping[str, Param] = {f.name: f.metadata["param"] for f in dataclasses.fields(GenerationRequest)}
+DEFAULTS: Mapping[str, Any] = {
+    f.name: f.default for f in dataclasses.fields(GenerationRequest) if f.default is not dataclasses.MISSING
+}
+INPAINT_OPTIONS: tuple[str, ...] = ("mask_blur", "masked_content", "inpaint_area", "padding", "invert_mask")
+DEPTH_CONTROLS: tuple[str, ...] = ("invert_depth", "depth_clip", "depth_strength", "depth_end")
+
+
+def resolve_seeds(seed: int | None, batch: int) -> list[int]:
+    """Per-image seeds ``seed + i`` (A1111); None or -1 draws a random base seed."""
+    if seed is None or seed == -1:
+        seed = secrets.randbelow(MAX_SEED - batch)
+    return [seed + i for i in range(batch)]
+
+
+def flag(name: str) -> str:
+    """The CLI option of a request field: ``--cfg`` for guidance_scale, ``--depth`` for depth_map..."""
+    return PARAMS[name].flag or "--" + name.replace("_", "-")
+
+
+def check_image_size(size: tuple[int, int], width_name: str = "width", height_name: str = "height") -> None:
+    """The size taken from an image obeys the limits a requested size does (one rule for both)."""
+    w, h = size
+    if max(w, h) > MAX_SIDE:
+        scale = MAX_SIDE / max(w, h)
+        hint = f"{int(w * scale) // 8 * 8}x{int(h * scale) // 8 * 8}"
+        raise InvalidRequestError(
+            f"the image is {w}x{h}; the largest side depth2img generates is {MAX_SIDE}: give {width_name} and "
+            f"{height_name} (e.g. {hint}) or resize the photo")
+
+
+_EXTRA_KEY = re.compile(r"\w[\w \-/]*")  # A1111's infotext key pattern (infotext.py parses with it)
+
+
+def check_value(field_name: str, value: Any, spec: Param, name: str) -> None:
+    """Check one field against its :class:`Param`; ``name`` is how the error refers to it."""
+    kind = spec.kind
+    if kind == "text":
+        if not isinstance(value, str):
+            raise InvalidRequestError(f"{name} must be a string, got {type(value).__name__}")
+    elif kind == "float":
+        _check_number(name, value, spec.low, spec.high)
+    elif kind == "int":
+        _check_int(name, value, int(spec.low), int(spec.high))
+    elif kind == "seed":
+        if value is not None:
+            _check_int(name, value, int(spec.low), int(spec.high))
+    elif kind == "size":
+        if value is not None:
+            _check_int(name, value, int(spec.low), int(spec.high))
+            if value % 8:
+                lower, upper = value - value % 8, value - value % 8 + 8
+                raise InvalidRequestError(f"{name} must be a multiple of 8, got {value} (try {lower} or {upper})")
+    elif kind == "choice":
+        if value not in spec.choices:
+            raise InvalidRequestError(f"unknown {name} {value!r}; choose one of {', '.join(spec.choices)}")
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            raise InvalidRequestError(f"{name} must be true or false, got {value!r}")
+    elif kind == "pair":
+        if not isinstance(value, (tuple, list)) or len(value) != 2:
+            raise InvalidRequestError(f"{name} must be two percentiles (far, near), got {value!r}")
+        for part, v in zip(("far", "near"), value):
+            _check_number(f"{name} {part}", v, spec.low, spec.high)
+    elif kind == "extra":
+        _check_extra(name, value)
+
+
+def _check_extra(name: str, extra: Any) -> None:
+    if not isinstance(extra, dict):
+        raise InvalidRequestError(f"{name} must be a mapping of infotext keys to values")
+    for key, value in extra.items():
+        if not isinstance(key, str) or not _EXTRA_KEY.fullmatch(key) or key != key.strip():
+            raise InvalidRequestError(f"{name}: {key!r} is not a valid infotext key (letters, digits, space, -, /)")
+        if key in a1111.RESERVED_INFOTEXT_KEYS:
+            raise InvalidRequestError(f"{name}: {key!r} is written by depth2img itself and cannot be overridden")
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            raise InvalidRequestError(f"{name}: the value of {key!r} must be text or a number")
 
 
 def _check_number(name: str, value: object, low: float, high: float) -> None:

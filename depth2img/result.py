@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
@@ -20,6 +20,10 @@ class Result:
     seeds: list[int]
     infotexts: list[str]
     request: GenerationRequest
+    # Notices for the user (prompt truncated, flat depth map, VAE retried in float32, an option that
+    # does nothing here...). They travel with the result instead of through the process-wide
+    # ``warnings`` machinery, so a server shows each request its own; the CLI prints them.
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 The samplers are diffusers' schedulers, chosen by name from :data:`SCHEDULERS` and always built fresh
 from the model's own scheduler config (so no state leaks between requests). The conditioning follows
-k-diffusion's style: small wrappers around the UNet call (:class:`DepthConcat`, :class:`CFGDenoiser`),
+k-diffusion's style: small wrappers around the UNet call (a backend's denoiser such as
+:class:`~depth2img.backends.sd_depth.DepthConcat`, then :class:`CFGDenoiser`, :class:`LatentBlend`),
 so the loop in :func:`denoise` stays five lines and knows nothing about depth or guidance.
 """
 
@@ -25,37 +26,35 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
+from .backends.base import Conditioning, Denoiser
+
 
 @dataclass(frozen=True)
 class SchedulerSpec:
-    """A named sampler: the diffusers class, config overrides, and A1111's names for the infotext."""
+    """A named sampler: the diffusers class and its config overrides (A1111's labels: a1111.SAMPLERS)."""
 
     cls: type
     overrides: dict[str, Any] = field(default_factory=dict)
-    a1111_name: str = ""
-    schedule_type: str | None = None  # A1111's "Schedule type" (1.9+), e.g. "Karras"
     uses_eta: bool = False  # whether ``eta`` changes anything (only DDIM's step takes it)
 
 
 SCHEDULERS: dict[str, SchedulerSpec] = {
     # PNDM with skip_prk_steps is PLMS: the model's own default (hub scheduler_config.json).
-    "pndm": SchedulerSpec(PNDMScheduler, {"skip_prk_steps": True}, "PLMS"),
-    "ddim": SchedulerSpec(DDIMScheduler, {}, "DDIM", uses_eta=True),
-    "euler": SchedulerSpec(EulerDiscreteScheduler, {}, "Euler"),
-    "euler_a": SchedulerSpec(EulerAncestralDiscreteScheduler, {}, "Euler a"),
+    "pndm": SchedulerSpec(PNDMScheduler, {"skip_prk_steps": True}),
+    "ddim": SchedulerSpec(DDIMScheduler, {}, uses_eta=True),
+    "euler": SchedulerSpec(EulerDiscreteScheduler),
+    "euler_a": SchedulerSpec(EulerAncestralDiscreteScheduler),
     "dpmpp_2m": SchedulerSpec(
-        DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}, "DPM++ 2M"
+        DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}
     ),
     "dpmpp_2m_karras": SchedulerSpec(
         DPMSolverMultistepScheduler,
         {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
-        "DPM++ 2M",
-        "Karras",
     ),
-    "unipc": SchedulerSpec(UniPCMultistepScheduler, {}, "UniPC"),
-    "lms": SchedulerSpec(LMSDiscreteScheduler, {}, "LMS"),
+    "unipc": SchedulerSpec(UniPCMultistepScheduler),
+    "lms": SchedulerSpec(LMSDiscreteScheduler),
 }
-SCHEDULER_NAMES: tuple[str, ...] = tuple(SCHEDULERS)
+SCHEDULER_NAMES: tuple[str, ...] = tuple(SCHEDULERS)  # == request.SCHEDULER_NAMES (a test keeps them equal)
 
 
 def make_scheduler(name: str, base_config: Any) -> Any:
@@ -89,35 +88,6 @@ def step_kwargs(scheduler: Any, generator: Any, eta: float) -> dict[str, Any]:
     return kwargs
 
 
-class DepthConcat:
-    """eps = UNet([x, depth], t, text): SD2-depth's hybrid conditioning (depth is input channel 4).
-
-    ``depth`` is (B, 1, h, w) in [-1, 1], or None for a plain 4-channel img2img UNet. When the UNet is
-    called on a CFG-doubled batch the same depth goes to both halves, as in the original and diffusers.
-    The depth is concatenated after ``scale_model_input`` so it is never scaled by the sampler.
-
-    Depth controls (depth2img's own; the defaults leave the reference untouched, bit for bit):
-    ``strength`` s scales the normalised map toward the flat mid-depth plane 0 (s·d, so s = 0 is no
-    structure); ``end_timestep`` feeds the depth only while ``t >= end_timestep`` and the flat plane
-    after (see :func:`depth_end_timestep`), like ControlNet's "ending control step".
-    """
-
-    def __init__(
-        self, unet: Any, depth: torch.Tensor | None, *, strength: float = 1.0, end_timestep: float | None = None
-    ) -> None:
-        if depth is not None and strength != 1.0:
-            depth = depth * strength  # (B, 1, h, w), toward the flat plane
-        self.unet, self.depth, self.end_timestep = unet, depth, end_timestep
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        if self.depth is not None:
-            depth = self.depth.repeat(x.shape[0] // self.depth.shape[0], 1, 1, 1)  # [d, d] for CFG halves
-            if self.end_timestep is not None and float(t) < self.end_timestep:
-                depth = torch.zeros_like(depth)  # the flat mid-depth plane after depth_end
-            x = torch.cat([x, depth], dim=1)  # (2B, 5, h, w)
-        return self.unet(x, t, encoder_hidden_states=text, return_dict=False)[0]
-
-
 def depth_end_timestep(timesteps: torch.Tensor, depth_end: float) -> float | None:
     """The smallest timestep that still gets the depth when it is fed for the first ``depth_end`` of the
     steps that run: ``ceil(depth_end · n)`` steps of ``n``. None when all steps get it (depth_end 1);
@@ -136,16 +106,18 @@ def depth_end_timestep(timesteps: torch.Tensor, depth_end: float) -> float | Non
 class CFGDenoiser:
     """Classifier-free guidance (Ho & Salimans 2022): eps = eps_u + s (eps_c - eps_u).
 
-    One batched UNet call on ``[uncond, cond]`` (diffusers' order); guidance off when s <= 1.
+    One batched call on ``[uncond, cond]`` (diffusers' order), every part of the :class:`Conditioning`
+    batched alike; guidance off when s <= 1. ``model`` is a backend's denoiser ``eps = model(x, t, cond)``.
     """
 
-    def __init__(self, model: Callable[..., torch.Tensor], cond: torch.Tensor, uncond: torch.Tensor, scale: float):
-        self.model, self.cond, self.uncond, self.scale = model, cond, uncond, scale
+    def __init__(self, model: Denoiser, cond: Conditioning, uncond: Conditioning | None, scale: float):
+        self.model, self.cond, self.scale = model, cond, scale
+        self.both = Conditioning.cat([uncond, cond]) if uncond is not None and scale > 1.0 else None
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if self.scale <= 1.0:
+        if self.both is None:
             return self.model(x, t, self.cond)
-        eps_uncond, eps_cond = self.model(torch.cat([x, x]), t, torch.cat([self.uncond, self.cond])).chunk(2)
+        eps_uncond, eps_cond = self.model(torch.cat([x, x]), t, self.both).chunk(2)
         return eps_uncond + self.scale * (eps_cond - eps_uncond)
 
 

@@ -1,0 +1,92 @@
+"""AUTOMATIC1111's names and codes, in one place: samplers, resize modes, masked content, inpaint area,
+mask mode, the API's field names, and the infotext keys depth2img writes.
+
+The infotext (infotext.py), the parameter spec (request.py), the HTTP API's ``/sdapi/v1`` translation
+and the UI read these tables; nothing else spells an A1111 name. Sources: A1111's ``sd_samplers_*.py``
+and ``sd_schedulers.py`` (sampler and schedule-type labels), ``modules/api/models.py`` and
+``processing.py`` (API fields and integer codes), ``img2img.py`` (UI labels), reference
+ux_anchors.md §2. Light on purpose: no torch, no diffusers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+# -- our names (the request's Literal types); the tables below are keyed by them -------------------
+
+SchedulerName = Literal["pndm", "ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "lms"]
+ResizeMode = Literal["just_resize", "crop_and_resize", "resize_and_fill"]
+MaskedContent = Literal["original", "fill", "latent_noise", "latent_nothing"]
+InpaintArea = Literal["whole", "only_masked"]
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A1111's sampler label and (1.9+) schedule type for one of our scheduler names."""
+
+    name: str
+    schedule_type: str | None = None  # None: A1111's "Automatic" (the sampler's own schedule)
+
+
+SAMPLERS: dict[str, Sampler] = {
+    "pndm": Sampler("PLMS"),  # diffusers' PNDM with skip_prk_steps is PLMS
+    "ddim": Sampler("DDIM"),
+    "euler": Sampler("Euler"),
+    "euler_a": Sampler("Euler a"),
+    "dpmpp_2m": Sampler("DPM++ 2M"),
+    "dpmpp_2m_karras": Sampler("DPM++ 2M", "Karras"),
+    "unipc": Sampler("UniPC"),
+    "lms": Sampler("LMS"),
+}
+
+# img2img resize modes: A1111's integer code (API ``resize_mode``) and UI label. Code 3 (latent
+# upscale) has no equivalent here.
+RESIZE_MODES: dict[str, tuple[int, str]] = {
+    "just_resize": (0, "Just resize"),
+    "crop_and_resize": (1, "Crop and resize"),
+    "resize_and_fill": (2, "Resize and fill"),
+}
+
+# Masked content: API ``inpainting_fill`` code and the infotext/UI spelling.
+MASKED_CONTENT: dict[str, tuple[int, str]] = {
+    "fill": (0, "fill"),
+    "original": (1, "original"),
+    "latent_noise": (2, "latent noise"),
+    "latent_nothing": (3, "latent nothing"),
+}
+
+# Inpaint area: API ``inpaint_full_res`` (True = only masked) and the infotext/UI spelling.
+INPAINT_AREAS: dict[str, tuple[bool, str]] = {
+    "whole": (False, "Whole picture"),
+    "only_masked": (True, "Only masked"),
+}
+
+# Mask mode: API ``inpainting_mask_invert`` code and the infotext spelling.
+MASK_MODES: dict[bool, tuple[int, str]] = {False: (0, "Inpaint masked"), True: (1, "Inpaint not masked")}
+
+# The infotext keys depth2img writes itself, in A1111's order. ``GenerationRequest.extra`` may add
+# keys but never one of these (it cannot rewrite the seed or the steps a picture was made with).
+INFOTEXT_KEYS: tuple[str, ...] = (
+    "Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
+    "Denoising strength", "Eta", "Depth",
+    "Mask blur", "Inpaint area", "Masked area padding", "Masked content", "Mask mode",
+    "Depth invert", "Depth clip", "Depth strength", "Depth end",
+    "Version",
+)
+RESERVED_INFOTEXT_KEYS: tuple[str, ...] = ("Prompt", "Negative prompt", *INFOTEXT_KEYS)
+
+
+def sampler_from_a1111(name: str, schedule_type: str | None = None) -> str | None:
+    """Our scheduler name for an A1111 sampler label (+ schedule type; "Automatic" = none), or None.
+
+    Also accepts pre-1.9 combined labels such as "DPM++ 2M Karras", which A1111 1.9+ itself rejects
+    with 404 (mix1009/sdwebuiapi#164): we take them, since their meaning is unambiguous.
+    """
+    schedule = None if schedule_type in (None, "", "Automatic", "automatic") else schedule_type
+    for ours, sampler in SAMPLERS.items():
+        if sampler.name == name and sampler.schedule_type == schedule:
+            return ours
+        if schedule is None and sampler.schedule_type and name == f"{sampler.name} {sampler.schedule_type}":
+            return ours
+    return None
