@@ -149,8 +149,8 @@ def to_rgb(img: Image.Image, *, background: tuple[int, int, int] = WHITE) -> Ima
     * RGB is returned as is; 1, L, P (opaque), CMYK, YCbCr, LAB, HSV go through Pillow's converters.
     * I;16*: 0..65535 -> 0..255 by /257 (never clipped). I (32-bit): same when its values fit
       0..65535, otherwise its own min..max range is stretched to 0..255.
-    * F: assumed to be in [0, 1] (as our float inputs are); values are clipped to [0, 1] then x255
-      and NaN becomes 0. A float image stored as 0..255 therefore comes out almost white.
+    * F (float TIFF): scaled, never clipped: values in [0, 1] x255; values in [0, 255] taken as
+      8-bit levels; any other range has its own min..max stretched to 0..255. NaN/Inf are refused.
     * Alpha (RGBA, LA, PA, P/L/RGB with a ``transparency`` key) is composited over ``background``,
       like A1111's ``flatten`` with img2img_background_color (default white): the colour hidden under
       alpha 0 never leaks.
@@ -169,8 +169,15 @@ def to_rgb(img: Image.Image, *, background: tuple[int, int, int] = WHITE) -> Ima
             a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
         return Image.fromarray(np.round(a).astype(np.uint8)).convert("RGB")
     if mode == "F":
-        a = np.nan_to_num(np.asarray(img, dtype=np.float32), nan=0.0)
-        return Image.fromarray(np.round(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8)).convert("RGB")
+        a = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(a).all():
+            raise InvalidImageError("image has NaN or infinite pixel values")
+        lo, hi = float(a.min()), float(a.max())
+        if lo >= 0.0 and hi <= 1.0:
+            a = a * 255.0
+        elif not (lo >= 0.0 and hi <= 255.0):
+            a = (a - lo) * (255.0 / (hi - lo))
+        return Image.fromarray(np.round(a).astype(np.uint8)).convert("RGB")
     if img.has_transparency_data:  # alpha modes, tRNS key, or a P image with an RGBA palette
         rgba = img.convert("RGBA")
         base = Image.new("RGBA", img.size, (*background, 255))

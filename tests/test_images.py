@@ -175,9 +175,17 @@ def test_float_tiff(tmp_path: Path, coffee: Image.Image) -> None:
     assert np.array_equal(to_gray_float(im), gray)
 
 
-def test_float_outside_unit_range_is_clipped_and_nan_is_black() -> None:
-    im = Image.fromarray(np.array([[-1.0, 0.5, 2.0, 200.0, np.nan]], dtype=np.float32))
-    assert np.asarray(to_rgb(im))[0, :, 0].tolist() == [0, 128, 255, 255, 0]
+def test_float_images_are_scaled_never_clipped() -> None:
+    """Issue 7: a float TIFF outside [0, 1] was clipped to white although the README promises scaling."""
+    def red(values):
+        return np.asarray(to_rgb(Image.fromarray(np.array([values], dtype=np.float32))))[0, :, 0].tolist()
+
+    assert red([0.0, 0.5, 1.0]) == [0, 128, 255]  # unit range: x255
+    assert red([0.0, 100.0, 200.0]) == [0, 100, 200]  # 8-bit levels stored as float
+    assert red([-1.0, 0.0, 3.0]) == [0, 64, 255]  # any other range: its own min..max
+    with pytest.raises(InvalidImageError, match="NaN"):
+        to_rgb(Image.fromarray(np.array([[0.5, np.nan]], dtype=np.float32)))
+    im = Image.fromarray(np.array([[-1.0, 0.5, 2.0, 200.0]], dtype=np.float32))
     assert to_gray_float(im)[0, :4].tolist() == [-1.0, 0.5, 2.0, 200.0]  # not clipped there
 
 
