@@ -247,7 +247,9 @@ def check_value(field_name: str, value: Any, spec: Param, name: str) -> None:
                 raise InvalidRequestError(f"{name} must be a multiple of 8, got {value} (try {lower} or {upper})")
     elif kind == "choice":
         if value not in spec.choices:
-            raise InvalidRequestError(f"unknown {name} {value!r}; choose one of {', '.join(spec.choices)}")
+            where = "" if name == field_name else f"{name}: "
+            raise InvalidRequestError(
+                f"{where}unknown {field_name} {value!r}; choose one of {', '.join(spec.choices)}")
     elif kind == "bool":
         if not isinstance(value, bool):
             raise InvalidRequestError(f"{name} must be true or false, got {value!r}")

@@ -46,7 +46,7 @@ def test_own_depth_map_option(cat, tmp_path):
     gradient = np.tile(np.linspace(0, 65535, 64, dtype=np.uint16), (48, 1))
     Image.fromarray(gradient).save(depth_png)
     out = tmp_path / "o.png"
-    result = run("generate", "--image", str(cat), "--prompt", "x", "--steps", "2", "--strength", "1",
+    result = run("generate", "--model", "tiny", "--image", str(cat), "--prompt", "x", "--steps", "2", "--strength", "1",
                  "--depth", str(depth_png), "--out", str(out), "--seed", "1")
     assert result.exit_code == 0, result.output
     assert parse_infotext(read_infotext(out))["Depth"] == "own map"
@@ -64,7 +64,7 @@ def test_own_depth_map_option(cat, tmp_path):
 )
 def test_bad_options_give_one_line_and_exit_2(cat, tmp_path, args, message):
     out = tmp_path / "never.png"
-    result = run("generate", "--image", str(cat), "--prompt", "x", "--out", str(out), *args)
+    result = run("generate", "--model", "tiny", "--image", str(cat), "--prompt", "x", "--out", str(out), *args)
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
@@ -76,7 +76,7 @@ def test_bad_image_files(tmp_path, content, message):
     path = tmp_path / "bad.png"
     if content is not None:
         path.write_bytes(content)
-    result = run("generate", "--image", str(path), "--prompt", "x", "--steps", "2")
+    result = run("generate", "--model", "tiny", "--image", str(path), "--prompt", "x", "--steps", "2")
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert message in result.output.lower()
 
@@ -84,24 +84,24 @@ def test_bad_image_files(tmp_path, content, message):
 def test_existing_output_survives_a_failed_run(cat, tmp_path):
     out = tmp_path / "keep.png"
     out.write_bytes(b"precious")
-    result = run("generate", "--image", str(cat), "--prompt", "x", "--strength", "7", "--out", str(out))
+    result = run("generate", "--model", "tiny", "--image", str(cat), "--prompt", "x", "--strength", "7", "--out", str(out))
     assert result.exit_code == 2 and out.read_bytes() == b"precious"
 
 
 def test_depth_command_16_bit_and_colormap(cat, tmp_path):
     gray, colour = tmp_path / "d16.png", tmp_path / "dc.png"
-    assert run("depth", "--image", str(cat), "--out", str(gray), "--bits", "16").exit_code == 0
-    assert run("depth", "--image", str(cat), "--out", str(colour), "--colormap").exit_code == 0
+    assert run("depth", "--model", "tiny", "--image", str(cat), "--out", str(gray), "--bits", "16").exit_code == 0
+    assert run("depth", "--model", "tiny", "--image", str(cat), "--out", str(colour), "--colormap").exit_code == 0
     with Image.open(gray) as g, Image.open(colour) as c:
         assert (g.mode, g.size) == ("I;16", (64, 48))
         assert (c.mode, c.size) == ("RGB", (64, 48))
-    bad = run("depth", "--image", str(cat), "--out", str(gray), "--bits", "12")
+    bad = run("depth", "--model", "tiny", "--image", str(cat), "--out", str(gray), "--bits", "12")
     assert bad.exit_code == 2 and "--bits must be 8 or 16" in bad.output
 
 
 def test_info_reads_back_and_refuses_plain_images(cat, tmp_path):
     out = tmp_path / "o.png"
-    assert run("generate", "--image", str(cat), "--prompt", "a, b: c", "--steps", "2", "--seed", "3", "--out", str(out)).exit_code == 0
+    assert run("generate", "--model", "tiny", "--image", str(cat), "--prompt", "a, b: c", "--steps", "2", "--seed", "3", "--out", str(out)).exit_code == 0
     shown = run("info", str(out))
     assert shown.exit_code == 0 and "Prompt: a, b: c" in shown.output and "Seed: 3" in shown.output
     plain = run("info", str(cat))

@@ -84,7 +84,7 @@ def test_cli_sweep_writes_a_grid(cat, tmp_path):
     assert result.exit_code == 0, result.output
     with Image.open(out) as sheet:
         assert sheet.width > 4 * 48 and sheet.height > 2 * 32
-    bad = run_cli("sweep", "--image", str(cat), "--prompt", "x", "--strengths", "0.5,x", "--out", str(out))
+    bad = run_cli("sweep", "--model", "tiny", "--image", str(cat), "--prompt", "x", "--strengths", "0.5,x", "--out", str(out))
     assert bad.exit_code == 2 and "strength values must be floats" in bad.output
 
 
@@ -93,7 +93,7 @@ def test_cli_inpaint_and_depth_controls(cat, tmp_path):
     mask[8:24, 16:40] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
     out = tmp_path / "o.png"
-    result = run_cli("generate", "--image", str(cat), "--prompt", "x", "--steps", "3", "--seed", "1", "--out", str(out),
+    result = run_cli("generate", "--model", "tiny", "--image", str(cat), "--prompt", "x", "--steps", "3", "--seed", "1", "--out", str(out),
                      "--mask", str(tmp_path / "mask.png"), "--mask-blur", "0", "--masked-content", "fill",
                      "--inpaint-area", "only_masked", "--padding", "8", "--invert-depth", "--depth-clip", "2,98",
                      "--depth-strength", "0.7", "--depth-end", "0.5")
@@ -110,22 +110,22 @@ def test_cli_depth_only_and_bad_options(tmp_path):
     depth = tmp_path / "d.npy"
     np.save(depth, np.tile(np.linspace(0, 1, 40, dtype=np.float32), (24, 1)))
     out = tmp_path / "o.png"
-    result = run_cli("generate", "--depth", str(depth), "--prompt", "x", "--steps", "2", "--seed", "1", "--out", str(out))
+    result = run_cli("generate", "--model", "tiny", "--depth", str(depth), "--prompt", "x", "--steps", "2", "--seed", "1", "--out", str(out))
     assert result.exit_code == 0, result.output
     with Image.open(out) as got:
         assert got.size == (40, 24)
     for args, message in [
         (["--depth-clip", "2"], "--depth-clip must be two numbers"),
-        (["--depth-strength", "2"], "depth_strength must be in [0, 1]"),
-        (["--mask", str(depth)], "is not a supported image"),  # a non-image mask
+        (["--depth-strength", "2"], "--depth-strength must be in [0, 1]"),  # the flag typed, not the field
+        (["--mask", str(depth)], "--mask needs an image to inpaint"),  # depth only: nothing to inpaint
         (["--masked-content", "lama"], "unknown masked_content"),
     ]:
-        bad = run_cli("generate", "--depth", str(depth), "--prompt", "x", "--out", str(out), *args)
+        bad = run_cli("generate", "--model", "tiny", "--depth", str(depth), "--prompt", "x", "--out", str(out), *args)
         assert bad.exit_code == 2 and message in bad.output and "Traceback" not in bad.output
 
 
 def test_cli_depth_sheet(cat, tmp_path):
-    result = run_cli("depth", "--image", str(cat), "--out", str(tmp_path / "d.png"), "--sheet", str(tmp_path / "s.png"))
+    result = run_cli("depth", "--model", "tiny", "--image", str(cat), "--out", str(tmp_path / "d.png"), "--sheet", str(tmp_path / "s.png"))
     assert result.exit_code == 0, result.output
     with Image.open(tmp_path / "s.png") as sheet, Image.open(cat) as original:
         assert sheet.size == (3 * 48, 32)

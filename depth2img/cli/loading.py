@@ -1,0 +1,46 @@
+"""Loading a model for a command: one spinner, the checkpoint cache folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .handling import err
+
+
+def checkpoint_cache() -> Path | None:
+    """Where a .ckpt is converted once to safetensors: $DEPTH2IMG_CACHE (empty: off), else ~/.cache/depth2img."""
+    configured = os.environ.get("DEPTH2IMG_CACHE")
+    if configured is not None:
+        return Path(configured).expanduser() if configured else None
+    return Path.home() / ".cache" / "depth2img" / "checkpoints"
+
+
+def load(model: str, device: str, dtype: str, depth_model: str | None) -> Any:
+    """``load_pipeline`` behind one spinner instead of the libraries' per-component progress bars."""
+    import diffusers
+    import transformers
+
+    from ..pipeline import load_pipeline
+
+    diffusers.utils.logging.disable_progress_bar()  # CLI-only setting: this process is the CLI
+    transformers.utils.logging.disable_progress_bar()
+    with err.status(f"loading {model}...", spinner="dots"):
+        return load_pipeline(model, device=device, dtype=dtype, depth_model=depth_model, cache_dir=checkpoint_cache())
+
+
+def run_with_progress(pipe: Any, request: Any) -> Any:
+    """Generate with a step progress bar on stderr (transient: nothing is left behind when not a terminal)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("denoising"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
+        transient=True, disable=not err.is_terminal,
+    ) as progress:
+        task = progress.add_task("denoise", total=None)
+
+        def on_step(info: Any) -> None:
+            progress.update(task, total=info.total, completed=info.step + 1)
+
+        return pipe.generate(request, callback=on_step)
