@@ -90,6 +90,9 @@ def load_depth_map(src: DepthInput) -> np.ndarray:
     elif isinstance(src, np.ndarray):
         array = src
     elif isinstance(src, (str, Path)) and Path(src).suffix.lower() == ".npy":
+        from .images import refuse_url
+
+        refuse_url(str(src), "depth map")
         array = _load_npy(Path(src))
     else:
         from .images import open_image, to_gray_float

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import warnings
 from pathlib import Path
@@ -27,6 +28,7 @@ MAX_INPUT_BYTES = 100 * 1024 * 1024
 ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")
 WHITE: tuple[int, int, int] = (255, 255, 255)  # A1111's default img2img_background_color (#ffffff)
 
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _GRAY16_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 # What Pillow's decoders raise on bad input; some plugins still use SyntaxError / struct.error.
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, EOFError, SyntaxError, struct.error)
@@ -50,6 +52,7 @@ def open_image(src: ImageInput, *, what: str = "image") -> Image.Image:
         return _decode(io.BytesIO(data), what, "data")
     if isinstance(src, (str, Path)):
         label = f"{str(src)!r}"
+        refuse_url(str(src), what)
         try:
             with open(src, "rb") as fp:
                 _check_bytes(os.fstat(fp.fileno()).st_size, what, label)
@@ -61,6 +64,12 @@ def open_image(src: ImageInput, *, what: str = "image") -> Image.Image:
         except PermissionError:
             raise InvalidImageError(f"{what} {label} is not readable (permission denied)") from None
     raise InvalidImageError(f"{what} must be a PIL image, array, path or bytes, got {type(src).__name__}")
+
+
+def refuse_url(text: str, what: str) -> None:
+    """A URL is never fetched (no network access from the library, no SSRF from a server): say so."""
+    if _URL.match(text):
+        raise InvalidImageError(f"{what} {text!r} is a URL; depth2img does not fetch URLs: download it and give the file's path")
 
 
 def load_image(src: ImageInput, *, background: tuple[int, int, int] = WHITE, what: str = "image") -> Image.Image:

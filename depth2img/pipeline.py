@@ -40,7 +40,7 @@ from .images import floor_to_multiple, load_image, resize_image
 from .infotext import build_infotext
 from .inpaint import InpaintJob, inpaint_params, prepare_inpaint
 from .models.components import Components, check_components
-from .request import PERCENTILES, GenerationRequest, ImageInput, resolve_seeds
+from .request import PERCENTILES, GenerationRequest, ImageInput, check_image_size, resolve_seeds
 from .result import Result, StepInfo
 from .sampling import (
     SCHEDULERS,
@@ -127,6 +127,8 @@ class Pipeline:
         job = self.prepare_inpaint(request) if request.mask is not None else None
         image = job.image if job is not None else self.load_init_image(request)
         size = image.size if image is not None else self.depth_only_size(user_depth, request)
+        if request.width is None:  # a size taken from the image or map obeys the requested-size limits
+            check_image_size(size)
         if self.backend.uses_depth and job is not None and job.box is not None and user_depth is not None:
             user_depth = crop_depth(user_depth, job.box, job.original.size)
         seeds = resolve_seeds(request.seed, request.batch_size)

@@ -137,7 +137,7 @@ class GenerationRequest:
         "extra", "Free-form infotext entries (A1111 keys; cannot override depth2img's own).", cli=False)})
 
     def replace(self, **changes: Any) -> GenerationRequest:
-        unknown = sorted(set(changes) - set(PARAMS))
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
         if unknown:
             raise InvalidRequestError(f"unknown request field {unknown[0]!r}")
         return dataclasses.replace(self, **changes)
@@ -153,7 +153,7 @@ class GenerationRequest:
             raise InvalidRequestError(
                 f"give both {name('width')} and {name('height')}, or neither (to keep the image size)")
         for f in dataclasses.fields(self):
-            check_value(f.name, getattr(self, f.name), PARAMS[f.name], name(f.name))
+            check_value(f.name, getattr(self, f.name), f.metadata["param"], name(f.name))
         self._validate_combination(name)
         return self
 
@@ -192,10 +192,6 @@ class GenerationRequest:
         return all(getattr(self, f) == DEFAULTS[f] for f in DEPTH_CONTROLS) and tuple(self.depth_clip) == PERCENTILES
 
 
-PARAMS: Mapping[str, Param] = {f.name: f.metadata["param"] for f in dataclasses.fields(GenerationRequest)}
-DEFAULTS: Mapping[str, Any] = {
-    f.name: f.default for f in dataclasses.fields(GenerationRequest) if f.default is not dataclasses.MISSING
-}
 INPAINT_OPTIONS: tuple[str, ...] = ("mask_blur", "masked_content", "inpaint_area", "padding", "invert_mask")
 DEPTH_CONTROLS: tuple[str, ...] = ("invert_depth", "depth_clip", "depth_strength", "depth_end")
 
@@ -207,9 +203,19 @@ def resolve_seeds(seed: int | None, batch: int) -> list[int]:
     return [seed + i for i in range(batch)]
 
 
-def flag(name: str) -> str:
+def spec_of(request_type: type) -> tuple[Mapping[str, Param], Mapping[str, Any]]:
+    """``(params, defaults)`` of a request dataclass (GenerationRequest, or a subclass that adds fields)."""
+    fields = dataclasses.fields(request_type)
+    return ({f.name: f.metadata["param"] for f in fields},
+            {f.name: f.default for f in fields if f.default is not dataclasses.MISSING})
+
+
+PARAMS, DEFAULTS = spec_of(GenerationRequest)  # field → Param, field → default: what every edge derives from
+
+
+def flag(name: str, params: Mapping[str, Param] | None = None) -> str:
     """The CLI option of a request field: ``--cfg`` for guidance_scale, ``--depth`` for depth_map..."""
-    return PARAMS[name].flag or "--" + name.replace("_", "-")
+    return (params or PARAMS)[name].flag or "--" + name.replace("_", "-")
 
 
 def check_image_size(size: tuple[int, int], width_name: str = "width", height_name: str = "height") -> None:

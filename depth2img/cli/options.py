@@ -13,14 +13,14 @@ and names the flag, so the CLI, the HTTP API and the UI give the same message fo
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, Optional, get_type_hints
 
 import typer
 
-from ..request import DEFAULTS, PARAMS, Param, flag
+from ..request import PARAMS, GenerationRequest, Param, flag, spec_of
 
 # -- load-time options (not request fields: they choose and place the model) ------------------------
 
@@ -51,18 +51,18 @@ def _help(spec: Param, default: Any) -> str:
     return " ".join(parts)
 
 
-def _cli_default(name: str) -> Any:
-    default = DEFAULTS.get(name)
-    if PARAMS[name].kind == "pair" and default is not None:
+def _cli_default(name: str, params: Mapping[str, Param], defaults: Mapping[str, Any]) -> Any:
+    default = defaults.get(name)
+    if params[name].kind == "pair" and default is not None:
         return ",".join(f"{v:g}" for v in default)
     return default
 
 
-def _annotation(name: str) -> Any:
+def _annotation(name: str, params: Mapping[str, Param], defaults: Mapping[str, Any]) -> Any:
     """``Annotated[type, typer.Option(...)]`` for one request field."""
-    spec = PARAMS[name]
-    names = [flag(name)] + ([spec.short] if spec.short else [])
-    default = _cli_default(name)
+    spec = params[name]
+    names = [flag(name, params)] + ([spec.short] if spec.short else [])
+    default = _cli_default(name, params, defaults)
     option = typer.Option(*names, help=_help(spec, default), show_default=not (default is None or default is False or default == ""))
     python_type: Any = {
         "text": str, "float": float, "int": int, "seed": int, "bool": bool, "choice": str,
@@ -71,19 +71,24 @@ def _annotation(name: str) -> Any:
     return Annotated[python_type, option]
 
 
-def request_options(names: Sequence[str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def request_options(
+    names: Sequence[str], request_type: type = GenerationRequest
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Add the options of request fields ``names`` to a command; it receives them as ``fields: dict``.
 
     File inputs (``image``, ``mask``, ``depth_map``) arrive as path strings (decoding is the command's
     job, so it can happen before any model loads); pairs as the text "a,b".
     """
 
+    params, defaults = spec_of(request_type)
+
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         hints = get_type_hints(command, include_extras=True)  # the command's own Annotated[...] options
         own = [p.replace(annotation=hints.get(p.name, p.annotation))
                for p in inspect.signature(command).parameters.values() if p.name != "fields"]
         added = [
-            inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=_cli_default(n), annotation=_annotation(n))
+            inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=_cli_default(n, params, defaults),
+                              annotation=_annotation(n, params, defaults))
             for n in names
         ]
 
