@@ -10,47 +10,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    LMSDiscreteScheduler,
-    PNDMScheduler,
-    StableDiffusionDepth2ImgPipeline,
-    StableDiffusionImg2ImgPipeline,
-    UniPCMultistepScheduler,
-)
+from diffusers import StableDiffusionDepth2ImgPipeline, StableDiffusionImg2ImgPipeline
 
 from depth2img import load_pipeline
 from depth2img.pipeline import Pipeline
 from depth2img.models.tiny import tiny_components
 
+from ._reference import REFERENCE_SCHEDULERS, diffusers_depth_pipe, reference_scheduler
 from .conftest import photo
 
 PROMPT = "A painting of a squirrel eating a burger"
 
-# What each sampler NAME means, written here from diffusers' own classes and the names' usual meaning
-# (A1111 / diffusers docs), never read from depth2img's registry: a wrong class or option behind a name
+# What each sampler NAME means is written out in tests/_reference.py from diffusers' own classes and
+# the names' usual meaning, never read from depth2img's registry: a wrong class or option behind a name
 # in the library then shows up as a parity failure.
-REFERENCE_SCHEDULERS = {
-    "pndm": (PNDMScheduler, {"skip_prk_steps": True}),  # PLMS
-    "ddim": (DDIMScheduler, {}),
-    "euler": (EulerDiscreteScheduler, {}),
-    "euler_a": (EulerAncestralDiscreteScheduler, {}),
-    "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "dpmpp_2m_karras": (
-        DPMSolverMultistepScheduler,
-        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
-    ),
-    "unipc": (UniPCMultistepScheduler, {}),
-    "lms": (LMSDiscreteScheduler, {}),
-}
-
-
-def reference_scheduler(name: str, base_config):
-    cls, options = REFERENCE_SCHEDULERS[name]
-    return cls.from_config(base_config, **options)
 
 
 def reference_pipe(components):
@@ -197,16 +170,7 @@ def test_v_prediction_img2img_model_matches_diffusers():
 def public_setup():
     """``load_pipeline("tiny")`` and a diffusers pipeline made of the very same component objects."""
     pipe = load_pipeline("tiny")
-    reference = StableDiffusionDepth2ImgPipeline(
-        vae=pipe.vae,
-        text_encoder=pipe.text_encoder,
-        tokenizer=pipe.tokenizer,
-        unet=pipe.unet,
-        scheduler=pipe.scheduler,
-        depth_estimator=pipe.depth_estimator,
-        feature_extractor=pipe.feature_extractor,
-    )
-    reference.set_progress_bar_config(disable=True)
+    reference = diffusers_depth_pipe(pipe)
     return pipe, reference
 
 
