@@ -86,3 +86,16 @@ def minmax_bicubic(depth: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     t = torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))[None, None]
     t = torch.nn.functional.interpolate(t, size=size, mode="bicubic", align_corners=False)
     return 2.0 * (t - t.min()) / (t.max() - t.min()) - 1.0
+
+
+def estimator_depth(pipe, image: Image.Image) -> np.ndarray:
+    """diffusers' depth2img estimate (feature extractor → DPT predicted_depth), bicubic to the image size."""
+    with torch.no_grad():
+        pixel_values = pipe.feature_extractor(images=[image], return_tensors="pt").pixel_values
+        raw = pipe.depth_estimator(pixel_values.float()).predicted_depth  # (1, h, w)
+    return torch.nn.functional.interpolate(raw[None].float(), size=(image.height, image.width), mode="bicubic",
+                                           align_corners=False)[0, 0].numpy()
+
+
+def corr(a, b) -> float:
+    return float(np.corrcoef(np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel())[0, 1])
