@@ -128,15 +128,18 @@ def test_latent_mask_is_a1111_bicubic_rounded(tiny_pipe, astronaut):
     """(b) With a blurred, off-grid mask, exactly the latent cells where A1111's latmask
     (PIL bicubic to latent size, /255, np.around) is 0 are kept (= x0 after the last step); the rest
     are generated. A soft (unrounded) mask, a threshold or another resampling changes the set."""
-    mask = rect_mask((13, 19, 37, 45))
-    blurred = a1111_blur(mask, 6)
-    _, steps = record_steps(tiny_pipe, astronaut, mask=mask, mask_blur=6)
+    mask = rect_mask((8, 9, 32, 37))  # chosen so that bilinear/box/nearest/lanczos/hamming round differently
+    blurred = a1111_blur(mask, 3)
+    _, steps = record_steps(tiny_pipe, astronaut, mask=mask, mask_blur=3)
     final = steps[-1][1]
     init, _ = clean_latents_and_noise(tiny_pipe, astronaut, SEED)
     latmask = a1111_latmask(blurred, (8, 8))
     small = np.asarray(blurred.convert("RGB").resize((8, 8), Image.Resampling.BICUBIC))[..., 0] / 255.0
     assert ((small > 0.02) & (small < 0.98)).any()  # the blur really produces fractional cells
     assert 0 < int(latmask.sum()) < 64
+    for other in ("BILINEAR", "BOX", "NEAREST", "LANCZOS", "HAMMING"):  # the mask discriminates the filter
+        resized = np.asarray(blurred.convert("RGB").resize((8, 8), getattr(Image.Resampling, other)))[..., 0]
+        assert not np.array_equal(np.around(resized / 255.0), latmask[0, 0].numpy()), other
     keep = (latmask == 0).expand_as(final)
     assert torch.allclose(final[keep], init[keep], atol=1e-5)
     per_cell = (final - init).abs().amax(dim=1)[0]  # (8, 8)
