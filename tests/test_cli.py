@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from depth2img.cli import app
 from depth2img.infotext import parse_infotext, read_infotext
 
+from ._reference import corr, estimator_depth, minmax_bicubic
 from .conftest import photo
 
 
@@ -47,9 +48,12 @@ def test_own_depth_map_option(cat, tmp_path):
     Image.fromarray(gradient).save(depth_png)
     out = tmp_path / "o.png"
     result = run("generate", "--model", "tiny", "--image", str(cat), "--prompt", "x", "--steps", "2", "--strength", "1",
-                 "--depth", str(depth_png), "--out", str(out), "--seed", "1")
+                 "--depth", str(depth_png), "--out", str(out), "--seed", "1", "--save-depth", str(tmp_path / "d.npy"))
     assert result.exit_code == 0, result.output
     assert parse_infotext(read_infotext(out))["Depth"] == "own map"
+    # the map was used: what the UNet got is the 16-bit gradient, resized and min-max normalised
+    used = np.load(tmp_path / "d.npy")
+    assert np.allclose(used, minmax_bicubic(gradient.astype(np.float32) / 65535, (6, 8))[0, 0].numpy(), atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -95,6 +99,17 @@ def test_depth_command_16_bit_and_colormap(cat, tmp_path):
     with Image.open(gray) as g, Image.open(colour) as c:
         assert (g.mode, g.size) == ("I;16", (64, 48))
         assert (c.mode, c.size) == ("RGB", (64, 48))
+        gray16, rgb = np.asarray(g).astype(float), np.asarray(c).astype(float)
+    # orientation: white (and Turbo red) where the estimator says near (larger output), computed here
+    from depth2img import load_pipeline
+
+    with Image.open(cat) as picture:
+        expected = estimator_depth(load_pipeline("tiny"), picture.convert("RGB"))
+    assert corr(gray16, expected) > 0.99
+    unit = (expected - expected.min()) / (expected.max() - expected.min())
+    nearest, far = np.unravel_index(np.argmax(unit), unit.shape), (unit > 0.1) & (unit < 0.3)
+    assert rgb[nearest][0] > rgb[nearest][2] + 100  # Turbo's near end is red
+    assert far.sum() > 20 and (rgb[far][:, 2] > rgb[far][:, 0]).all()  # its far side blue
     bad = run("depth", "--model", "tiny", "--image", str(cat), "--out", str(gray), "--bits", "12")
     assert bad.exit_code == 2 and "--bits must be 8 or 16" in bad.output
 

@@ -13,6 +13,7 @@ from depth2img.errors import InvalidImageError, InvalidRequestError
 from depth2img.infotext import parse_infotext
 from depth2img.sampling import depth_end_timestep
 
+from ._reference import diffusers_depth_pipe, minmax_bicubic, run_diffusers, unet_inputs
 from .conftest import photo
 
 BASE = {"prompt": "a stone statue", "steps": 4, "seed": 3, "scheduler": "ddim", "strength": 0.8}
@@ -88,10 +89,14 @@ def test_clip_percentiles_clamp_then_renormalise():
 
 
 def test_clip_changes_the_normalised_map(tiny_pipe, coffee):
-    own = synthetic_depth()
+    own = synthetic_depth() + np.random.default_rng(0).random((50, 70)).astype(np.float32)  # rough: every clip shows
     result = tiny_pipe.generate(image=coffee, depth_map=own, depth_clip=(5, 60), **BASE)
     norm = result.depth_map.normalized
     assert float(norm.min()) == -1.0 and float(norm.max()) == 1.0  # renormalised
+    # ...and it is the percentile clip computed here with numpy, resized and renormalised as diffusers does
+    clipped = np.clip(own, *np.percentile(own, [5, 60]))
+    assert torch.allclose(norm, minmax_bicubic(clipped, tuple(norm.shape[-2:])), atol=1e-5)
+    assert not torch.allclose(norm, minmax_bicubic(own, tuple(norm.shape[-2:])), atol=1e-2)
     assert parse_infotext(result.infotexts[0])["Depth clip"] == "5-60"
 
 
@@ -113,20 +118,31 @@ def test_depth_only_rejects_img2img_model():
 
 
 def test_explicit_defaults_are_bit_identical(tiny_pipe, coffee):
+    """Explicit default depth controls leave the reference path untouched: both equal diffusers."""
     default = tiny_pipe.generate(image=coffee, **BASE)
     explicit = tiny_pipe.generate(
         image=coffee, depth_strength=1.0, depth_end=1.0, invert_depth=False, depth_clip=(0.0, 100.0), **BASE
     )
     assert np.array_equal(pixels(default), pixels(explicit))
     assert default.infotexts == explicit.infotexts
+    expected = run_diffusers(diffusers_depth_pipe(tiny_pipe), "ddim", seed=BASE["seed"], prompt=BASE["prompt"],
+                             image=coffee, steps=BASE["steps"], strength=BASE["strength"])
+    assert np.abs(pixels(explicit).astype(int) - expected.astype(int)).max() <= 1
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "euler", "pndm"])
 def test_no_depth_by_strength_equals_no_depth_by_end(tiny_pipe, coffee, scheduler):
-    """depth_strength 0 and depth_end 0 both give the flat plane at every step: the same picture."""
+    """depth_strength 0 and depth_end 0 both give the flat plane at every step: the same picture, and
+    the same UNet inputs at every call (recorded), with an all-zero depth channel."""
     fields = {**BASE, "scheduler": scheduler}
-    by_strength = pixels(tiny_pipe.generate(image=coffee, depth_strength=0.0, **fields))
-    by_end = pixels(tiny_pipe.generate(image=coffee, depth_end=0.0, **fields))
+    with unet_inputs(tiny_pipe) as strength_calls:
+        by_strength = pixels(tiny_pipe.generate(image=coffee, depth_strength=0.0, **fields))
+    with unet_inputs(tiny_pipe) as end_calls:
+        by_end = pixels(tiny_pipe.generate(image=coffee, depth_end=0.0, **fields))
+    assert len(strength_calls) == len(end_calls) > 0
+    for (a, ta), (b, tb) in zip(strength_calls, end_calls):
+        assert ta == tb and torch.equal(a, b)
+        assert a.shape[1] == 5 and torch.count_nonzero(a[:, 4]) == 0
     full = pixels(tiny_pipe.generate(image=coffee, **fields))
     half = pixels(tiny_pipe.generate(image=coffee, depth_end=0.5, **fields))
     weak = pixels(tiny_pipe.generate(image=coffee, depth_strength=0.5, **fields))
@@ -183,11 +199,15 @@ def test_bad_depth_maps(tiny_pipe, coffee, depth, error, match):
 
 
 def test_only_masked_crops_the_own_depth_map_too(tiny_pipe):
+    """The own map has twice the image's resolution, so the crop box (50, 4)-(86, 28) in image pixels
+    must be scaled to (100, 8)-(172, 56) in map pixels. The map is random blocks: any other region
+    gives another normalised map."""
     image = photo("coffee", (96, 64))
-    own = synthetic_depth(64, 96)
+    small = np.random.default_rng(3).random((64, 96)).astype(np.float32)
+    own = np.repeat(np.repeat(small, 2, axis=0), 2, axis=1)  # (128, 192)
     mask = np.zeros((64, 96), np.uint8)
     mask[8:24, 60:76] = 255
     result = tiny_pipe.generate(image=image, depth_map=own, mask=mask, inpaint_area="only_masked", padding=4,
                                 width=48, height=32, mask_blur=0, **BASE)
-    used = result.depth_map.normalized[0, 0]  # (4, 6): the crop (50, 4)-(86, 28) of the map
-    assert correlation(used, resized(np.ascontiguousarray(own[4:28, 50:86]), tuple(used.shape))) > 0.99
+    used = result.depth_map.normalized  # (1, 1, 4, 6)
+    assert torch.allclose(used, minmax_bicubic(own[8:56, 100:172], (4, 6)), atol=1e-5)

@@ -13,6 +13,7 @@ from depth2img.errors import InvalidRequestError
 from depth2img.grid import Axis, draw_grid, parse_axis, run_grid, sweep
 from depth2img.infotext import parse_infotext, read_infotext
 
+from ._reference import corr, estimator_depth
 from .conftest import photo
 
 
@@ -132,3 +133,8 @@ def test_cli_depth_sheet(cat, tmp_path):
         assert np.array_equal(np.asarray(sheet)[:, :48], np.asarray(original.convert("RGB")))
         gray = np.asarray(sheet)[:, 48:96]
         assert (gray[..., 0] == gray[..., 1]).all() and not (np.asarray(sheet)[:, 96:, 0] == np.asarray(sheet)[:, 96:, 2]).all()
+        # white = near: the gray panel follows the estimator's output (larger = nearer), computed here
+        expected = estimator_depth(load_pipeline("tiny"), original.convert("RGB"))
+        assert corr(gray[..., 0], expected) > 0.99
+        with Image.open(tmp_path / "d.png") as single:
+            assert corr(np.asarray(single), expected) > 0.99

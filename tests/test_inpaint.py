@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from scipy.ndimage import binary_dilation
 
@@ -114,14 +115,54 @@ def test_invert_mask_equals_inverted_image(tiny_pipe, astronaut):
     assert np.array_equal(run(tiny_pipe, astronaut, mask=mask, invert_mask=True), run(tiny_pipe, astronaut, mask=inverted))
 
 
+def _first_unet_input(pipe, image, **fields) -> torch.Tensor:
+    seen = []
+    handle = pipe.unet.register_forward_pre_hook(lambda m, a, kw: seen.append(a[0][:1, :4].clone()), with_kwargs=True)
+    try:
+        run(pipe, image, **fields)
+    finally:
+        handle.remove()
+    return seen[0]  # (1, 4, h, w): the noised start latents (DDIM: scale_model_input is the identity)
+
+
 @pytest.mark.parametrize("content", ["fill", "latent_noise", "latent_nothing"])
-def test_masked_content_modes_change_the_result_but_keep_the_rest(tiny_pipe, astronaut, content):
-    mask = rect_mask((20, 16, 44, 40))
+def test_masked_content_modes_change_the_result_but_keep_the_rest(tiny_pipe, astronaut, content, monkeypatch):
+    """Beyond "differs": what each mode puts under the mask. fill: the VAE sees the picture with only the
+    masked pixels replaced, by something smooth (blurred surroundings); latent noise vs latent nothing
+    (same fill, same noise): start latents equal outside the latent mask and differ by exactly
+    sqrt(alpha_bar_t0) * randn(seed) under it, i.e. noise there, zeros there."""
+    mask = rect_mask((16, 16, 40, 48))  # aligned to 8-px latent cells
     original = run(tiny_pipe, astronaut, mask=mask, mask_blur=0)
     other = run(tiny_pipe, astronaut, mask=mask, mask_blur=0, masked_content=content)
     keep = np.asarray(mask) == 0
     assert np.array_equal(other[keep], np.asarray(astronaut).astype(int)[keep])
     assert not np.array_equal(other, original)
+    if content == "fill":
+        seen = []
+        real = tiny_pipe.vae.encode
+        monkeypatch.setattr(tiny_pipe.vae, "encode", lambda x, *a, **k: seen.append(x.clone()) or real(x, *a, **k))
+        run(tiny_pipe, astronaut, mask=mask, mask_blur=0, masked_content="fill")
+        monkeypatch.undo()
+        filled = np.round((seen[0][0].permute(1, 2, 0).numpy() + 1) * 127.5)  # back to 0..255
+        source = np.asarray(astronaut).astype(float)
+        assert np.abs(filled[keep] - source[keep]).max() <= 0.5  # only the masked pixels are replaced
+        hole = ~keep
+        assert np.abs(filled[hole] - source[hole]).mean() > 10
+        roughness = lambda a: np.abs(np.diff(a[16:48, 16:40], axis=1)).mean()  # noqa: E731
+        assert roughness(filled) < 0.5 * roughness(source)  # blurred surroundings, not a picture
+        return
+    from diffusers import DDIMScheduler
+
+    x_noise = _first_unet_input(tiny_pipe, astronaut, mask=mask, mask_blur=0, masked_content="latent_noise")
+    x_nothing = _first_unet_input(tiny_pipe, astronaut, mask=mask, mask_blur=0, masked_content="latent_nothing")
+    scheduler = DDIMScheduler.from_config(tiny_pipe.scheduler.config)
+    scheduler.set_timesteps(4)
+    t0 = int(scheduler.timesteps[4 - int(4 * 0.8)])
+    latmask = torch.zeros(1, 1, 8, 8)
+    latmask[..., 2:6, 2:5] = 1
+    randn = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(5))  # A1111: randn with the seed
+    expected = scheduler.alphas_cumprod[t0].sqrt() * randn * latmask
+    assert torch.allclose(x_noise - x_nothing, expected, atol=1e-5)
 
 
 def test_mask_of_same_aspect_is_resized(tiny_pipe, astronaut):
