@@ -4,18 +4,20 @@ Entries are named by the sha256 of the source file (A1111's full hash; its first
 short hash shown in infotexts). An ``index.json`` maps (absolute path, size, mtime_ns) to that hash, so a
 later load of an unchanged file needs one ``stat`` and no hashing; a changed file misses and is re-hashed.
 The cached copy is an ordinary flat original-layout safetensors file (loadable and convertible itself).
-Writes are atomic (temp file + rename); a damaged cache entry fails safetensors validation and is rebuilt.
+Writes go through :func:`depth2img.outputs.atomic_output` (unique temp name, fsync, rename); a damaged
+cache entry fails safetensors validation and is rebuilt.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 from pathlib import Path
 
-from .safe_load import CorruptCheckpointError, load_pickle_checkpoint, read_safetensors_header, unwrap_state_dict
+from ..errors import CorruptCheckpointError
+from ..outputs import atomic_output, atomic_write_bytes
+from .safe_load import load_pickle_checkpoint, read_safetensors_header, unwrap_state_dict
 
 _LOCK = threading.Lock()
 
@@ -41,12 +43,6 @@ def _read_index(cache_dir: Path) -> dict[str, str]:
         return {}
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def lookup_hash(path: str | Path, cache_dir: str | Path) -> str | None:
     """The cached sha256 of ``path`` if the file is unchanged since it was hashed, else ``None``."""
     return _read_index(Path(cache_dir)).get(_fingerprint(Path(path)))
@@ -58,7 +54,7 @@ def remember_hash(path: str | Path, cache_dir: str | Path, digest: str) -> None:
     with _LOCK:
         index = _read_index(cache_dir)
         index[_fingerprint(Path(path))] = digest
-        _write_atomic(cache_dir / "index.json", json.dumps(index, indent=1, sort_keys=True).encode())
+        atomic_write_bytes(cache_dir / "index.json", json.dumps(index, indent=1, sort_keys=True).encode())
 
 
 def cached_checkpoint(path: str | Path, cache_dir: str | Path) -> tuple[Path, str]:
@@ -80,10 +76,8 @@ def cached_checkpoint(path: str | Path, cache_dir: str | Path) -> tuple[Path, st
     digest = sha256_file(path)
     target = cache_dir / f"{digest[:16]}.safetensors"
     sd = unwrap_state_dict(load_pickle_checkpoint(path), path.name)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp), metadata={"source": path.name, "sha256": digest})
-    os.replace(tmp, target)
+    with atomic_output(target) as tmp:
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp), metadata={"source": path.name, "sha256": digest})
     del sd
     remember_hash(path, cache_dir, digest)
     return target, digest

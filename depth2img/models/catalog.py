@@ -18,7 +18,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .safe_load import CHECKPOINT_SUFFIXES, CorruptCheckpointError, read_safetensors_header
+from ..errors import CorruptCheckpointError
+from .files import CHECKPOINT_SUFFIXES, MODEL_SUFFIXES, SAFETENSORS_SUFFIXES, sidecar_config
+from .kinds import INPAINT_UNET_CHANNELS, kind_from_unet_channels
+from .safe_load import read_safetensors_header
 
 CHECKPOINT_DIRS = ("Stable-diffusion", "checkpoints")  # A1111, ComfyUI
 MAX_DEPTH = 3
@@ -36,7 +39,8 @@ class ModelEntry:
 
 
 def _kind_from_in_channels(n: int | None) -> str:
-    return {5: "depth", 4: "img2img", 9: "inpaint"}.get(n, "?") if n is not None else "?"
+    # a listing also names inpainting models (which loading refuses) instead of hiding them as unknown
+    return kind_from_unet_channels(n) or ("inpaint" if n == INPAINT_UNET_CHANNELS else "?")
 
 
 def _checkpoint_kind(path: Path, config: Path | None) -> str:
@@ -48,7 +52,7 @@ def _checkpoint_kind(path: Path, config: Path | None) -> str:
             return _kind_from_in_channels(cfg["model"]["params"]["unet_config"]["params"]["in_channels"])
         except Exception:  # an unreadable yaml just leaves the kind unknown in a listing
             pass
-    if path.suffix.lower() == ".safetensors":
+    if path.suffix.lower() in SAFETENSORS_SUFFIXES:
         try:
             shape = read_safetensors_header(path).get("model.diffusion_model.input_blocks.0.0.weight", {}).get("shape")
         except (OSError, CorruptCheckpointError):
@@ -62,12 +66,12 @@ def _folder_entry(folder: Path, name: str, layout: str) -> ModelEntry:
         n = json.loads((folder / "unet" / "config.json").read_text()).get("in_channels")
     except (OSError, ValueError):
         n = None
-    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin"))
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in CHECKPOINT_SUFFIXES)
     return ModelEntry(name, folder, layout, _kind_from_in_channels(n), size)
 
 
 def _checkpoint_entry(path: Path, root: Path) -> ModelEntry:
-    config = next((c for c in (path.with_suffix(".yaml"), path.with_suffix(".yml")) if c.is_file()), None)
+    config = sidecar_config(path)
     base = next((a for a in path.parents if a.name in CHECKPOINT_DIRS), root)  # A1111 shows names below its dir
     name = str(path.relative_to(base).with_suffix("")) if base in path.parents else path.stem
     return ModelEntry(name, path, "checkpoint", _checkpoint_kind(path, config), path.stat().st_size, config)
@@ -95,7 +99,7 @@ def list_models(root: str | Path, *, hf_cache: str | Path | None = None) -> list
     for f in folders:
         out.append(_folder_entry(f, str(f.relative_to(root)) if f != root else f.name, "diffusers"))
     for p, e, depth in _walk(root):
-        if not e.is_file() or p.suffix.lower() not in CHECKPOINT_SUFFIXES or any(f in p.parents for f in folders):
+        if not e.is_file() or p.suffix.lower() not in MODEL_SUFFIXES or any(f in p.parents for f in folders):
             continue
         in_ckpt_dir = any(part in CHECKPOINT_DIRS for part in p.relative_to(root).parts[:-1])
         if in_ckpt_dir or p.parent == root or root.name in CHECKPOINT_DIRS:

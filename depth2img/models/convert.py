@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,12 @@ import numpy as np
 import torch
 
 from ..errors import ModelLoadError
+from ..outputs import atomic_output, atomic_write_bytes
 from .convert_midas import MIDAS_PREFIX, dpt_to_midas
 from .detect import OPENCLIP_PREFIX, UNET
 from .ldm_keys import openclip_to_ldm, unet_to_ldm, vae_to_ldm
-from .safe_load import CHECKPOINT_SUFFIXES, load_state_dict
+from .files import CHECKPOINT_SUFFIXES, SAFETENSORS_SUFFIXES, sidecar_config
+from .safe_load import load_state_dict
 
 EXTRAS_FILE = "original_extras.safetensors"
 VAE = "first_stage_model."
@@ -93,7 +94,8 @@ def original_to_folder(src: str | Path, out: str | Path, *, half: bool = False, 
     if extras:
         if half:
             extras = {k: (v.half() if v.is_floating_point() else v) for k, v in extras.items()}
-        save_file(extras, str(out / EXTRAS_FILE), metadata={"source": src.name})
+        with atomic_output(out / EXTRAS_FILE) as tmp:
+            save_file(extras, str(tmp), metadata={"source": src.name})
     _write_model_index(out, depth=c.depth_estimator is not None)
     return out
 
@@ -101,7 +103,7 @@ def original_to_folder(src: str | Path, out: str | Path, *, half: bool = False, 
 def _set_architecture(config_json: Path, name: str) -> None:
     cfg = json.loads(config_json.read_text())
     cfg["architectures"] = [name]
-    config_json.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    atomic_write_bytes(config_json, (json.dumps(cfg, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _write_model_index(out: Path, depth: bool) -> None:
@@ -121,7 +123,7 @@ def _write_model_index(out: Path, depth: bool) -> None:
         index["feature_extractor"] = ["transformers", "DPTImageProcessor"]
     else:
         index.update(safety_checker=[None, None], feature_extractor=[None, None], requires_safety_checker=False)
-    (out / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    atomic_write_bytes(out / "model_index.json", (json.dumps(index, indent=2, sort_keys=True) + "\n").encode())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -185,15 +187,13 @@ def save_original(sd: Mapping[str, torch.Tensor], out: str | Path, *, half: bool
     out = Path(out)
     _check_out(out, folder=False)
     sd = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in sd.items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    if out.suffix.lower() == ".safetensors":
-        from safetensors.torch import save_file
+    with atomic_output(out) as tmp:
+        if out.suffix.lower() in SAFETENSORS_SUFFIXES:
+            from safetensors.torch import save_file
 
-        save_file(sd, str(tmp), metadata={"format": "pt"})
-    else:
-        torch.save({"state_dict": sd}, tmp)
-    tmp.replace(out)
+            save_file(sd, str(tmp), metadata={"format": "pt"})
+        else:
+            torch.save({"state_dict": sd}, tmp)
     return out
 
 
@@ -220,6 +220,6 @@ def convert(src: str | Path, out: str | Path, *, half: bool = False, config: str
 
 def copy_sidecar_config(src: Path, out: Path) -> None:
     """Keep a same-name .yaml next to a converted checkpoint (A1111 needs it for the depth model)."""
-    y = src.with_suffix(".yaml")
-    if y.is_file() and out.suffix.lower() in CHECKPOINT_SUFFIXES:
-        shutil.copyfile(y, out.with_suffix(".yaml"))
+    config = sidecar_config(src)
+    if config is not None and out.suffix.lower() in CHECKPOINT_SUFFIXES:
+        atomic_write_bytes(out.with_suffix(config.suffix), config.read_bytes())

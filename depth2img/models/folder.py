@@ -19,6 +19,7 @@ from transformers import AutoImageProcessor, AutoModelForDepthEstimation, CLIPTe
 
 from ..errors import ModelLoadError
 from .components import Components, check_components
+from .kinds import kind_from_unet_channels
 
 REQUIRED = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -41,7 +42,7 @@ def load_folder(path: Path, *, dtype: torch.dtype = torch.float32, name: str | N
     scheduler = _load_scheduler(path, index)
     depth_estimator = feature_extractor = None
     if index.get("depth_estimator") and index["depth_estimator"][0] is not None:
-        if unet.config.in_channels != 5:
+        if kind_from_unet_channels(unet.config.in_channels) != "depth":
             raise ModelLoadError(
                 f"{path} has a depth_estimator, so it is a depth model, but its unet has "
                 f"{unet.config.in_channels} input channels, not 5 (latents + depth): wrong unet?"

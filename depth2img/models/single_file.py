@@ -26,7 +26,8 @@ from .components import Components, check_components
 from .convert_midas import MIDAS_PREFIX, midas_to_dpt
 from .detect import HFCLIP_PREFIX, OPENCLIP_PREFIX, UNET, ModelSpec, detect
 from .ldm_keys import openclip_key_to_ldm, unet_key_to_ldm, vae_key_to_ldm
-from .safe_load import PICKLE_SUFFIXES, find_non_finite, load_state_dict
+from .files import PICKLE_SUFFIXES
+from .safe_load import find_non_finite, load_state_dict
 
 VAE = "first_stage_model."
 SCHEDULE_BUFFERS = frozenset({
