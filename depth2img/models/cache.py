@@ -43,6 +43,29 @@ def _read_index(cache_dir: Path) -> dict[str, str]:
         return {}
 
 
+SHORT_HASH_LENGTH = 10  # A1111 modules/hashes.py: sha256 of the whole file, first 10 hex digits
+_MEMO: dict[str, str] = {}  # fingerprint -> sha256, for loads without a cache folder (one per process)
+
+
+def file_sha256(path: str | Path, cache_dir: str | Path | None = None) -> str:
+    """The sha256 of the whole file, computed once: remembered in ``cache_dir``'s index (keyed by path,
+    size and mtime, as A1111's cache.json) or, without a cache folder, for the life of the process."""
+    path = Path(path)
+    key = _fingerprint(path)
+    digest = _MEMO.get(key) or (lookup_hash(path, cache_dir) if cache_dir is not None else None)
+    if digest is None:
+        digest = sha256_file(path)
+        if cache_dir is not None:
+            remember_hash(path, cache_dir, digest)
+    _MEMO[key] = digest
+    return digest
+
+
+def short_hash(path: str | Path, cache_dir: str | Path | None = None) -> str:
+    """A1111's short hash ("Model hash" in infotexts): the first 10 hex digits of the file's sha256."""
+    return file_sha256(path, cache_dir)[:SHORT_HASH_LENGTH]
+
+
 def lookup_hash(path: str | Path, cache_dir: str | Path) -> str | None:
     """The cached sha256 of ``path`` if the file is unchanged since it was hashed, else ``None``."""
     return _read_index(Path(cache_dir)).get(_fingerprint(Path(path)))
@@ -73,7 +96,7 @@ def cached_checkpoint(path: str | Path, cache_dir: str | Path) -> tuple[Path, st
             return target, digest
         except (OSError, CorruptCheckpointError):
             pass  # missing or damaged: rebuild below
-    digest = sha256_file(path)
+    digest = file_sha256(path, cache_dir)
     target = cache_dir / f"{digest[:16]}.safetensors"
     sd = unwrap_state_dict(load_pickle_checkpoint(path), path.name)
     with atomic_output(target) as tmp:

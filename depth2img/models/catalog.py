@@ -21,6 +21,7 @@ from pathlib import Path
 from ..errors import CorruptCheckpointError
 from .files import CHECKPOINT_SUFFIXES, MODEL_SUFFIXES, SAFETENSORS_SUFFIXES, sidecar_config
 from .kinds import INPAINT_UNET_CHANNELS, kind_from_unet_channels
+from .cache import short_hash  # noqa: F401  (the CLI's `models --hash` imports it from here)
 from .safe_load import read_safetensors_header
 
 CHECKPOINT_DIRS = ("Stable-diffusion", "checkpoints")  # A1111, ComfyUI
@@ -119,15 +120,3 @@ def list_hf_cache(cache: str | Path) -> list[ModelEntry]:
             snap = max(snaps, key=lambda s: s.stat().st_mtime)
             out.append(_folder_entry(snap, repo.name[len("models--"):].replace("--", "/"), "hf-cache"))
     return out
-
-
-def short_hash(path: str | Path, cache_dir: str | Path | None = None) -> str:
-    """A1111's short hash: sha256 of the whole file, first 10 hex digits (remembered in ``cache_dir``)."""
-    from .cache import lookup_hash, remember_hash, sha256_file
-
-    digest = lookup_hash(path, cache_dir) if cache_dir is not None else None
-    if digest is None:
-        digest = sha256_file(path)
-        if cache_dir is not None:
-            remember_hash(path, cache_dir, digest)
-    return digest[:10]

@@ -32,7 +32,9 @@ class Components:
     feature_extractor: Any | None = None
     name: str = "model"  # shown as "Model" in infotexts (checkpoint name without extension)
     source: str = ""  # path or hub id it came from
-    model_hash: str | None = None  # A1111 short hash (sha256[:10] of the checkpoint file), when known
+    # A1111's short hash (sha256 of the whole file, first 10 hex digits) for every single-file model;
+    # None for folders, hub ids and built-ins: A1111 has no hash for them either
+    model_hash: str | None = None
     depth_source: str = ""  # which depth estimator ("" = the model's own)
 
     @property

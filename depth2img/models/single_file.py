@@ -267,13 +267,17 @@ def load_single_file(
     ``config``: an original yaml (else the same-name yaml beside the file, else detection by keys).
     ``cache_dir``: pickles are converted once to a memory-mappable safetensors copy there (see cache.py).
     """
-    from .cache import cached_checkpoint
+    from .cache import SHORT_HASH_LENGTH, cached_checkpoint, short_hash
 
     path = Path(path)
-    read_from, model_hash = path, None
     if cache_dir is not None and path.suffix.lower() in PICKLE_SUFFIXES:
-        read_from, model_hash = cached_checkpoint(path, Path(cache_dir))
-    sd = load_state_dict(read_from)
+        read_from, digest = cached_checkpoint(path, Path(cache_dir))
+        model_hash = digest[:SHORT_HASH_LENGTH]
+    else:
+        read_from, model_hash = path, None
+    sd = load_state_dict(read_from)  # a bad file is reported before the hash costs a full read
+    if model_hash is None:
+        model_hash = short_hash(path, cache_dir)
     return components_from_state_dict(sd, path=path, dtype=dtype, config=config, check_finite=check_finite, model_hash=model_hash)
 
 
