@@ -250,6 +250,8 @@ def test_bad_safetensors_rejected_before_a_tensor_is_read(tmp_path, monkeypatch,
         def get_tensor(self, key):
             raise AssertionError("a tensor of an invalid file was read")
 
+    with pytest.raises(CorruptCheckpointError, match=match):
+        read_safetensors_header(path)  # what the catalog and the cache rely on, without loading
     monkeypatch.setattr("safetensors.safe_open", NoTensorRead)
     with pytest.raises(CorruptCheckpointError, match=match):
         load_state_dict(path)
