@@ -201,13 +201,9 @@ def _unsafe_message(path: Path, err: Exception | str) -> str:
     )
 
 
-def load_pickle_checkpoint(path: str | os.PathLike[str]) -> Any:
-    """``torch.load(weights_only=True)`` of a ``.ckpt``/``.pt`` with the Lightning/numpy stubs allowed.
-
-    Zip-format files are memory-mapped (``mmap=True``); legacy (pre-1.6, non-zip) files are read whole.
-    A file that is not a PyTorch file at all (empty, text, no zip or pickle header) is named as such before
-    torch sees it; :class:`UnsafeCheckpointError` is kept for real pickles that ask for a forbidden global.
-    """
+def check_pickle_header(path: str | os.PathLike[str]) -> bool:
+    """Raise :class:`CorruptCheckpointError` if ``path`` cannot be a PyTorch file (empty, text, no zip or
+    pickle header, a zip without its directory); return whether it is the zip format. Nothing is unpickled."""
     path = Path(path)
     head, size = _head(path)
     problem = _not_a_file_of_any_kind(path, head, size)
@@ -218,6 +214,18 @@ def load_pickle_checkpoint(path: str | os.PathLike[str]) -> Any:
         raise CorruptCheckpointError(f"{path.name} is a truncated or damaged PyTorch zip checkpoint (no zip directory)")
     if not is_zip and head[0] != _PICKLE_PROTO and not _looks_like_text(head):
         raise CorruptCheckpointError(f"{path.name} is not a PyTorch checkpoint (no zip or pickle header)")
+    return is_zip
+
+
+def load_pickle_checkpoint(path: str | os.PathLike[str]) -> Any:
+    """``torch.load(weights_only=True)`` of a ``.ckpt``/``.pt`` with the Lightning/numpy stubs allowed.
+
+    Zip-format files are memory-mapped (``mmap=True``); legacy (pre-1.6, non-zip) files are read whole.
+    A file that is not a PyTorch file at all (empty, text, no zip or pickle header) is named as such before
+    torch sees it; :class:`UnsafeCheckpointError` is kept for real pickles that ask for a forbidden global.
+    """
+    path = Path(path)
+    is_zip = check_pickle_header(path)
     with _PICKLE_LOCK, torch.serialization.safe_globals(_extra_safe_globals()):
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
