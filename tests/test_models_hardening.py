@@ -49,3 +49,93 @@ def test_catalog_lists_unreadable_files_apart_and_never_hashes_them(tmp_path, mo
     assert entries["notes.ckpt"].problem == "notes.ckpt is a text file, not a checkpoint"
     assert entries["noise.safetensors"].problem.startswith("noise.safetensors is not a safetensors file")
     assert all(m.kind == "?" and m.short_hash is None for m in entries.values() if m.problem)
+
+
+# --------------------------------------------------------------------------------------------------
+# incomplete diffusers folders: named at once, never the network
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def depth_folder(tmp_path_factory):
+    from tests.test_models import save_folder
+
+    path = tmp_path_factory.mktemp("hardening") / "tiny-depth"
+    save_folder(path)
+    return path
+
+
+def _copy_without(folder, tmp_path, *parts):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    for part in parts:
+        shutil.rmtree(copy / part)
+    return copy
+
+
+EXPECTED = "unet/, vae/, text_encoder/, tokenizer/, scheduler/, depth_estimator/, feature_extractor/"
+
+
+@pytest.mark.parametrize("part", ["tokenizer", "text_encoder", "unet", "vae", "scheduler"])
+@pytest.mark.parametrize("offline", [True, False], ids=["offline", "online"])
+def test_a_missing_component_is_named_at_once(depth_folder, tmp_path, monkeypatch, no_network, part, offline):
+    import time
+
+    from depth2img import load_pipeline
+    from depth2img.errors import ModelLoadError
+
+    if offline:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    broken = _copy_without(depth_folder, tmp_path, part)
+    start = time.perf_counter()
+    with pytest.raises(ModelLoadError) as info:
+        load_pipeline(str(broken))
+    assert str(info.value) == f"folder {broken} has no {part}/; expected {EXPECTED}"
+    assert time.perf_counter() - start < 5
+
+
+def test_a_depth_folder_with_an_estimator_but_no_feature_extractor_is_named(depth_folder, tmp_path, no_network):
+    from depth2img import load_pipeline
+    from depth2img.errors import ModelLoadError
+
+    broken = _copy_without(depth_folder, tmp_path, "feature_extractor")
+    with pytest.raises(ModelLoadError, match=r"has no feature_extractor/; expected unet/"):
+        load_pipeline(str(broken))
+
+
+def test_a_depth_folder_without_an_estimator_loads_and_needs_a_depth_map(depth_folder, tmp_path, no_network):
+    from depth2img import load_pipeline
+    from depth2img.errors import InvalidRequestError
+    from tests.conftest import photo
+
+    bare = _copy_without(depth_folder, tmp_path, "depth_estimator", "feature_extractor")
+    pipe = load_pipeline(str(bare))
+    assert pipe.kind == "depth" and pipe.depth_estimator is None
+    image = photo("coffee", (32, 32))
+    depth = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
+    from PIL import Image
+
+    res = pipe.generate(prompt="x", image=image, depth_map=Image.fromarray((depth * 255).astype(np.uint8)), steps=2, strength=1.0, seed=1)
+    assert res.images[0].size == (32, 32)
+    with pytest.raises(InvalidRequestError, match="depth model without a depth estimator: give a depth map or a depth model"):
+        pipe.generate(prompt="x", image=image, steps=2, strength=1.0, seed=1)
+
+
+def test_a_depth_model_folder_that_is_not_one_is_named(tmp_path, no_network):
+    from depth2img import load_pipeline
+    from depth2img.errors import ModelLoadError
+
+    (tmp_path / "dm").mkdir()
+    with pytest.raises(ModelLoadError, match=r"depth model folder .*dm has no config.json: not a transformers depth model folder"):
+        load_pipeline("tiny", depth_model=str(tmp_path / "dm"))
+
+
+def test_a_complete_folder_loads_with_sockets_refused(depth_folder, no_network, monkeypatch):
+    from depth2img import load_pipeline
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert load_pipeline(str(depth_folder)).depth_estimator is not None
