@@ -16,14 +16,19 @@ from depth2img.models.catalog import list_models
 
 @pytest.fixture
 def no_network(monkeypatch):
-    """Every socket connection fails the test (as tests/test_single_file_full.py)."""
+    """Sockets refused (as tests/test_single_file_full.py); any attempt fails the test afterwards, even one
+    a library caught and turned into its own error."""
+    attempts = []
 
     def refuse(*args, **kwargs):
-        raise AssertionError("a local model must not touch the network")
+        attempts.append(args[:2])
+        raise OSError("network refused by the test")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    yield
+    assert not attempts, f"a local model touched the network: {attempts[:3]}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -90,11 +95,12 @@ def test_a_missing_component_is_named_at_once(depth_folder, tmp_path, monkeypatc
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     else:
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    broken = _copy_without(depth_folder, tmp_path, part)
+    _copy_without(depth_folder, tmp_path, part)
+    monkeypatch.chdir(tmp_path)  # a relative folder: "copy/tokenizer" would also be a valid hub id
     start = time.perf_counter()
     with pytest.raises(ModelLoadError) as info:
-        load_pipeline(str(broken))
-    assert str(info.value) == f"folder {broken} has no {part}/; expected {EXPECTED}"
+        load_pipeline("copy")
+    assert str(info.value) == f"folder copy has no {part}/; expected {EXPECTED}"
     assert time.perf_counter() - start < 5
 
 
@@ -139,3 +145,33 @@ def test_a_complete_folder_loads_with_sockets_refused(depth_folder, no_network, 
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     assert load_pipeline(str(depth_folder)).depth_estimator is not None
+
+
+@pytest.mark.parametrize("part", ["tokenizer", "text_encoder", "unet", "scheduler"])
+def test_every_from_pretrained_of_a_folder_is_local_only(depth_folder, tmp_path, monkeypatch, no_network, part):
+    """Second line of defence: even without the up-front check, a missing part fails locally and fast."""
+    import time
+
+    from depth2img import load_pipeline
+    from depth2img.errors import ModelLoadError
+    from depth2img.models import folder
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(folder, "_check_parts", lambda *a, **k: None)
+    _copy_without(depth_folder, tmp_path, part)
+    monkeypatch.chdir(tmp_path)  # "copy/tokenizer" is also a valid hub id: the case that went online
+    start = time.perf_counter()
+    with pytest.raises(ModelLoadError, match=f"cannot load {part} from"):
+        load_pipeline("copy")
+    assert time.perf_counter() - start < 5
+
+
+def test_an_empty_tokenizer_folder_is_named_not_loaded_as_an_empty_vocabulary(depth_folder, tmp_path, no_network):
+    """transformers 5 returns a 2-token CLIPTokenizer for a folder without vocabulary files, silently."""
+    from depth2img import load_pipeline
+    from depth2img.errors import ModelLoadError
+
+    broken = _copy_without(depth_folder, tmp_path, "tokenizer")
+    (broken / "tokenizer").mkdir()
+    with pytest.raises(ModelLoadError, match=r"tokenizer/ has no vocab.json and merges.txt \(or tokenizer.json\)"):
+        load_pipeline(str(broken))

@@ -34,17 +34,20 @@ def is_model_folder(path: Path) -> bool:
 
 def load_folder(path: Path, *, dtype: torch.dtype = torch.float32, name: str | None = None) -> Components:
     """Components of a diffusers folder; the depth estimator (if any) stays float32 (BatchNorm)."""
-    path = Path(path)
-    index = _read_index(path)
+    given = Path(path)
+    index = _read_index(given)
     missing = [part for part in REQUIRED if not index.get(part)]
     if missing:
-        raise ModelLoadError(f"{path}/model_index.json lists no {', '.join(missing)}: not a Stable Diffusion folder")
+        raise ModelLoadError(f"{given}/model_index.json lists no {', '.join(missing)}: not a Stable Diffusion folder")
     lists_depth = bool(index.get("depth_estimator")) and index["depth_estimator"][0] is not None
-    _check_parts(path, depth=lists_depth)
+    _check_parts(given, depth=lists_depth)
+    # absolute: a relative "x/tokenizer" is also a valid hub id, and huggingface_hub goes online for hub ids
+    # (even with local_files_only, to build its user agent) when such a path is missing
+    path = given.absolute()
     unet = _strict(UNet2DConditionModel, path, "unet", torch_dtype=dtype)
     vae = _strict(AutoencoderKL, path, "vae", torch_dtype=dtype)
     text_encoder = _strict(CLIPTextModel, path, "text_encoder", torch_dtype=dtype)
-    tokenizer = _load(lambda: CLIPTokenizer.from_pretrained(path / "tokenizer", **LOCAL), path, "tokenizer")
+    tokenizer = _load_tokenizer(path)
     scheduler = _load_scheduler(path, index)
     depth_estimator = feature_extractor = None
     if lists_depth and (path / "depth_estimator").is_dir():
@@ -62,8 +65,8 @@ def load_folder(path: Path, *, dtype: torch.dtype = torch.float32, name: str | N
         scheduler=scheduler,
         depth_estimator=depth_estimator,
         feature_extractor=feature_extractor,
-        name=name or path.name,
-        source=str(path),
+        name=name or given.name,
+        source=str(given),
     )
     # A depth folder without depth_estimator/ (and feature_extractor/) is allowed: it works with own depth
     # maps or a depth_model; generating without either is refused by Pipeline.check_inputs.
@@ -86,15 +89,26 @@ def _check_parts(path: Path, *, depth: bool) -> None:
             raise ModelLoadError(f"folder {path} has no {part}/; expected {expected}")
 
 
+def _load_tokenizer(path: Path) -> Any:
+    # transformers 5 builds an empty 2-token CLIPTokenizer, without an error, from a folder that lacks the
+    # vocabulary (or does not exist): the files are checked here first.
+    folder = path / "tokenizer"
+    if not ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()) and not (folder / "tokenizer.json").is_file():
+        raise ModelLoadError(f"cannot load tokenizer from {path}: tokenizer/ has no vocab.json and merges.txt (or tokenizer.json)")
+    return _load(lambda: CLIPTokenizer.from_pretrained(folder, **LOCAL), path, "tokenizer")
+
+
 def load_depth_estimator(model_dir: Path | str, processor_dir: Path | str | None = None) -> tuple[Any, Any]:
     """Any transformers depth model (DPT-Hybrid, DPT-Large, Depth Anything...) with its image processor,
     from local folders."""
     for folder, what in ((model_dir, "config.json"), (processor_dir or model_dir, "preprocessor_config.json")):
         if not (Path(folder) / what).is_file():
             raise ModelLoadError(f"depth model folder {folder} has no {what}: not a transformers depth model folder")
+    model_dir = Path(model_dir).absolute()  # never taken for a hub id (see load_folder)
+    processor_dir = Path(processor_dir or model_dir).absolute()
     model = _strict_transformers(AutoModelForDepthEstimation, model_dir, "depth_estimator")
     processor = _load(
-        lambda: AutoImageProcessor.from_pretrained(processor_dir or model_dir, **LOCAL),
+        lambda: AutoImageProcessor.from_pretrained(processor_dir, **LOCAL),
         Path(str(processor_dir or model_dir)),
         "feature_extractor",
     )
