@@ -175,3 +175,40 @@ def test_an_empty_tokenizer_folder_is_named_not_loaded_as_an_empty_vocabulary(de
     (broken / "tokenizer").mkdir()
     with pytest.raises(ModelLoadError, match=r"tokenizer/ has no vocab.json and merges.txt \(or tokenizer.json\)"):
         load_pipeline(str(broken))
+
+
+# --------------------------------------------------------------------------------------------------
+# hub ids that cannot be used: one whole sentence, advice for the kind of model asked for
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("offline", [True, False], ids=["offline", "no-network"])
+@pytest.mark.parametrize("as_depth_model", [False, True], ids=["model", "depth-model"])
+def test_an_unavailable_hub_id_is_one_whole_sentence(tmp_path, monkeypatch, offline, as_depth_model):
+    import huggingface_hub.constants as hub
+
+    from depth2img import load_pipeline
+    from depth2img.errors import ModelLoadError
+
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", offline)
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: (_ for _ in ()).throw(OSError("refused")))
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: (_ for _ in ()).throw(OSError("refused")))
+    with pytest.raises(ModelLoadError) as info:
+        if as_depth_model:
+            load_pipeline("tiny", depth_model="owner/depth-thing")
+        else:
+            load_pipeline("owner/thing")
+    text = str(info.value)
+    why = "downloads are off (HF_HUB_OFFLINE)" if offline else "the hub cannot be reached"
+    if as_depth_model:
+        assert text == (
+            f"depth model 'owner/depth-thing' cannot be used: it is not in the Hugging Face cache and {why}; pass a "
+            "local transformers depth model folder (config.json, weights and preprocessor_config.json) or a "
+            "depth2img model folder with a depth_estimator/ instead."
+        )
+    else:
+        assert text == (
+            f"model 'owner/thing' cannot be used: it is not in the Hugging Face cache and {why}; pass a local "
+            "diffusers model folder or a .ckpt/.safetensors checkpoint file instead."
+        )
