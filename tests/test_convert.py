@@ -56,13 +56,13 @@ def test_original_to_folder_writes_a_diffusers_depth_folder(tiny_folder):
 
 @pytest.mark.parametrize("fmt", [".safetensors", ".ckpt"])
 def test_original_folder_original_is_bit_exact(tiny_file, tiny_folder, tmp_path, fmt):
-    out = convert(tiny_folder, tmp_path / f"back{fmt}")
+    out = convert(tiny_folder, tmp_path / f"back{fmt}", config=tiny_file[0].with_suffix(".yaml"))
     _assert_same(load_state_dict(out), tiny_file[1])
 
 
-def test_folder_original_folder_is_bit_exact(tiny_folder, tmp_path):
-    ckpt = convert(tiny_folder, tmp_path / "x.safetensors")
-    (tmp_path / "x.yaml").write_text(TINY_YAML)
+def test_folder_original_folder_is_bit_exact(tiny_file, tiny_folder, tmp_path):
+    ckpt = convert(tiny_folder, tmp_path / "x.safetensors", config=tiny_file[0].with_suffix(".yaml"))
+    assert (tmp_path / "x.yaml").read_text() == TINY_YAML  # the yaml the file needs, beside it
     folder2 = convert(ckpt, tmp_path / "again")
     for part, name in [("unet", "diffusion_pytorch_model.safetensors"), ("vae", "diffusion_pytorch_model.safetensors"),
                        ("text_encoder", "model.safetensors"), ("depth_estimator", "model.safetensors")]:
@@ -85,8 +85,8 @@ def test_a_plain_diffusers_folder_gets_the_original_schedule(tiny_folder, tmp_pa
     assert "cond_stage_model.model.text_projection" not in sd  # nothing is invented
 
 
-def test_half_conversion(tiny_folder, tmp_path):
-    out = convert(tiny_folder, tmp_path / "half.safetensors", half=True)
+def test_half_conversion(tiny_file, tiny_folder, tmp_path):
+    out = convert(tiny_folder, tmp_path / "half.safetensors", half=True, config=tiny_file[0].with_suffix(".yaml"))
     sd = load_state_dict(out)
     assert sd["model.diffusion_model.input_blocks.0.0.weight"].dtype == torch.float16
 
@@ -108,8 +108,7 @@ def test_generation_from_converted_equals_source(tiny_file, tiny_folder, tmp_pat
     kw = dict(prompt="a red house", image=img, depth_map=depth, steps=2, strength=1.0, seed=3)
     src = pipeline.load_pipeline(str(tiny_file[0])).generate(**kw).images[0]
     conv = pipeline.load_pipeline(str(tiny_folder)).generate(**kw).images[0]
-    back = convert(tiny_folder, tmp_path / "rt.safetensors")
-    (tmp_path / "rt.yaml").write_text(TINY_YAML)
+    back = convert(tiny_folder, tmp_path / "rt.safetensors", config=tiny_file[0].with_suffix(".yaml"))
     rt = pipeline.load_pipeline(str(back)).generate(**kw).images[0]
     assert np.array_equal(np.asarray(src), np.asarray(conv))
     assert np.array_equal(np.asarray(src), np.asarray(rt))

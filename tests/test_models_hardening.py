@@ -212,3 +212,58 @@ def test_an_unavailable_hub_id_is_one_whole_sentence(tmp_path, monkeypatch, offl
             f"model 'owner/thing' cannot be used: it is not in the Hugging Face cache and {why}; pass a local "
             "diffusers model folder or a .ckpt/.safetensors checkpoint file instead."
         )
+
+
+# --------------------------------------------------------------------------------------------------
+# folder -> single file: refused up front when the file would not load back as the same model
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_non_standard_folder_is_not_converted_to_a_file_it_could_not_load_back(depth_folder, tmp_path):
+    from depth2img.errors import ModelLoadError
+    from depth2img.models.convert import convert
+
+    out = tmp_path / "t.safetensors"
+    with pytest.raises(ModelLoadError, match=r"would not load back from a single file \(not a standard SD 1.x/2.x "
+                       r"architecture\): UNet: the checkpoint lacks .*; give its original .yaml with --config"):
+        convert(depth_folder, out)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_a_folder_whose_file_would_load_with_other_settings_is_refused(tmp_path):
+    """Same shapes, other behaviour: an SD2 img2img epsilon folder would load back from a yaml-less file as
+    v-prediction (the rule for SD2 4-channel files) - refused, naming the field."""
+    import json
+    import shutil
+
+    from depth2img.errors import ModelLoadError
+    from depth2img.models.convert import convert
+    from tests._sd2_layout import TINY_IMG2IMG_YAML, tiny_img2img_state_dict
+
+    src = tmp_path / "src.safetensors"
+    save_file(tiny_img2img_state_dict(seed=3), str(src))
+    yaml = tmp_path / "src.yaml"
+    yaml.write_text(TINY_IMG2IMG_YAML)
+    folder = convert(src, tmp_path / "folder", config=yaml)
+    assert json.loads((folder / "scheduler" / "scheduler_config.json").read_text())["prediction_type"] == "epsilon"
+    other = tmp_path / "v.yaml"
+    other.write_text(TINY_IMG2IMG_YAML.replace("    conditioning_key: crossattn\n", "    conditioning_key: crossattn\n    parameterization: v\n"))
+    out = tmp_path / "out" / "t.safetensors"
+    with pytest.raises(ModelLoadError, match=r"non-standard scheduler \(prediction_type 'epsilon'; a single file would load back with 'v_prediction'\)"):
+        convert(folder, out, config=other)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert convert(folder, out, config=yaml).is_file()  # with its own yaml it round-trips
+    shutil.rmtree(tmp_path / "out")
+
+
+def test_an_sd2_file_without_the_unused_last_text_layer_keeps_23_layers():
+    """Files written from diffusers SD2 folders (diffusers' own script, or depth2img convert without extras)
+    hold 23 of OpenCLIP-H's 24 blocks: the missing one is the unused last layer, so all 23 are used
+    (as A1111 does: it conditions on the penultimate of 24, i.e. block 22, plus ln_final)."""
+    from depth2img.models.single_file import components_from_state_dict
+    from tests._sd2_layout import layout
+
+    shapes = {k: s for k, s in layout().items() if ".resblocks.23." not in k}
+    sd = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
+    c = components_from_state_dict(sd, check_finite=False)
+    assert c.text_encoder.config.num_hidden_layers == 23

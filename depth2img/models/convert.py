@@ -182,6 +182,49 @@ def folder_to_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
     return sd
 
 
+# diffusers config fields that decide what a model computes; a file loaded back must reproduce each
+_ROUND_TRIP_FIELDS = {
+    "unet": ("in_channels", "out_channels", "block_out_channels", "layers_per_block", "down_block_types",
+             "up_block_types", "cross_attention_dim", "attention_head_dim", "use_linear_projection",
+             "transformer_layers_per_block", "upcast_attention", "class_embed_type", "addition_embed_type"),
+    "vae": ("block_out_channels", "layers_per_block", "latent_channels", "scaling_factor"),
+    "text_encoder": ("num_hidden_layers", "hidden_size", "hidden_act", "num_attention_heads"),
+    "scheduler": ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type"),
+}
+
+
+def _plain(value: Any) -> Any:
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def check_round_trip(folder: Path, sd: Mapping[str, torch.Tensor], config: str | Path | None) -> None:
+    """Refuse, before anything is written, a folder whose original-layout file would not load back as the
+    same model: the file is loaded on the meta device (shapes only) exactly as ``--model FILE`` would load
+    it (with ``config`` as its yaml, else by detection) and every deciding config field is compared.
+
+    The single-file format stores no architecture: a non-standard model needs its yaml (``--config``).
+    """
+    from .single_file import components_from_state_dict
+
+    meta = {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in sd.items()}
+    hint = "" if config is not None else "; give its original .yaml with --config"
+    try:
+        back = components_from_state_dict(meta, dtype=None, config=config, check_finite=False)
+    except ModelLoadError as error:
+        what = f"with {Path(config).name}" if config is not None else "(not a standard SD 1.x/2.x architecture)"
+        raise ModelLoadError(f"{folder} would not load back from a single file {what}: {error}{hint}") from None
+    for part, fields in _ROUND_TRIP_FIELDS.items():
+        config_file = folder / part / ("scheduler_config.json" if part == "scheduler" else "config.json")
+        ours = json.loads(config_file.read_text())
+        theirs = dict(getattr(back, part).config.to_dict() if part == "text_encoder" else getattr(back, part).config)
+        for field in fields:
+            if field in ours and _plain(ours[field]) != _plain(theirs.get(field)):
+                raise ModelLoadError(
+                    f"{folder} has a non-standard {part} ({field} {ours[field]!r}; a single file would load back "
+                    f"with {theirs.get(field)!r}){hint}"
+                )
+
+
 def save_original(sd: Mapping[str, torch.Tensor], out: str | Path, *, half: bool = False) -> Path:
     """Write a flat ``.safetensors`` or a Lightning-style ``{"state_dict": ...}`` ``.ckpt``."""
     out = Path(out)
@@ -210,6 +253,10 @@ def convert(src: str | Path, out: str | Path, *, half: bool = False, config: str
         sd = folder_to_state_dict(src)
         if not out_is_file:
             raise ModelLoadError(f"{src} is already a diffusers folder; give OUT a .safetensors or .ckpt name")
+        _check_out(out, folder=False)
+        check_round_trip(src, sd, config)
+        if config is not None:  # the yaml the file needs to load: beside it, under its name (A1111's rule)
+            atomic_write_bytes(out.with_suffix(Path(config).suffix), Path(config).read_bytes())
         return save_original(sd, out, half=half)
     if not src.is_file():
         raise ModelLoadError(f"not found: {src}")

@@ -30,6 +30,7 @@ from .files import PICKLE_SUFFIXES
 from .safe_load import find_non_finite, load_state_dict
 
 VAE = "first_stage_model."
+OPENCLIP_H_WIDTH, OPENCLIP_H_LAYERS = 1024, 24  # SD 2.x's text tower, OpenCLIP ViT-H/14
 SCHEDULE_BUFFERS = frozenset({
     "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
     "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
@@ -166,6 +167,9 @@ def _text_layers_used(spec: ModelSpec, sd: Mapping[str, torch.Tensor]) -> int | 
     layer = (spec.params.get("cond_stage_config", {}) or {}).get("params", {}).get("layer", "penultimate")
     if layer not in ("penultimate", "last"):
         raise ModelLoadError(f"text encoder layer {layer!r} is not supported (expected 'penultimate' or 'last')")
+    width = sd[OPENCLIP_PREFIX + "token_embedding.weight"].shape[1]
+    if layer == "penultimate" and width == OPENCLIP_H_WIDTH and n == OPENCLIP_H_LAYERS - 1:
+        return n  # the unused last layer was already dropped (diffusers' SD2 folder -> original script does)
     return n - 1 if layer == "penultimate" else n
 
 
