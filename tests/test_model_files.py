@@ -76,3 +76,33 @@ def test_converted_files_have_the_mode_of_a_plain_file(tmp_path):
     for p in (out_st, out_ckpt, tmp_path / "out.yaml"):
         assert p.stat().st_mode & 0o777 == want, p
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_models_are_built_with_meta_parameters_and_real_buffers():
+    """single_file builds every model without allocating parameters; buffers the file does not carry
+    (CLIP's position_ids) must stay real."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from depth2img.models.single_file import empty_parameters
+
+    with empty_parameters():
+        model = CLIPTextModel(CLIPTextConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                             intermediate_size=64, max_position_embeddings=16))
+    assert all(p.device.type == "meta" for p in model.parameters())
+    buffers = dict(model.named_buffers())
+    assert buffers and all(b.device.type == "cpu" for b in buffers.values())
+    position_ids = next(b for name, b in buffers.items() if name.endswith("position_ids"))
+    assert torch.equal(position_ids.flatten(), torch.arange(16))
+
+
+def test_the_midas_transform_returns_a_transformers_batch_feature():
+    import numpy as np
+    from transformers import BatchFeature
+
+    from depth2img.models.midas import MidasTransform
+
+    out = MidasTransform()(images=[np.zeros((64, 96, 3), np.uint8)], return_tensors="pt")
+    assert isinstance(out, BatchFeature) and list(out.keys()) == ["pixel_values"]
+    assert out.pixel_values is out["pixel_values"] and tuple(out.pixel_values.shape) == (1, 3, 256, 384)  # MiDaS "minimal": scale 4 (closer to 1 than 6)
+    assert out.to("cpu").pixel_values.dtype.is_floating_point

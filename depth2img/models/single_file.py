@@ -12,9 +12,8 @@ and any missing or mis-shaped tensor, raises :class:`CheckpointKeyError` naming 
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,22 +60,12 @@ def ignored_reason(key: str, n_text_layers_used: int | None) -> str | None:
 # --------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def empty_parameters() -> Iterator[None]:
-    """Create parameters on the meta device (no memory, no init cost) while buffers stay real."""
-    original = nn.Module.register_parameter
+def empty_parameters() -> Any:
+    """Parameters on the meta device (no memory, no init cost) while buffers stay real: accelerate's
+    ``init_empty_weights`` (buffers such as CLIP's position_ids are not in the file, so they must be real)."""
+    from accelerate import init_empty_weights
 
-    def register(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        original(self, name, param)
-        if param is not None:
-            p = self._parameters[name]
-            self._parameters[name] = nn.Parameter(p.to("meta"), requires_grad=p.requires_grad)
-
-    nn.Module.register_parameter = register  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = original  # type: ignore[method-assign]
+    return init_empty_weights(include_buffers=False)
 
 
 def load_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], part: str, dtype: torch.dtype | None,
