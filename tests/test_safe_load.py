@@ -339,3 +339,37 @@ def test_a_protocol_4_pickle_asking_for_a_global_is_unsafe_not_corrupt(tmp_path)
     with pytest.raises(UnsafeCheckpointError, match=r"asks for `(posix|os)\.system`"):
         load_state_dict(path)
     assert not marker.exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# our allow-list (on top of torch's weights-only set) is consulted: what it admits, and only that
+# --------------------------------------------------------------------------------------------------
+
+
+def _numpy_scalar_checkpoint(path):
+    torch.save({"state_dict": {"w": torch.ones(2)}, "best_score": np.float64(0.25)}, path)  # numpy scalar global
+    return path
+
+
+def test_our_allow_list_admits_numpy_scalars(tmp_path):
+    assert set(load_state_dict(_numpy_scalar_checkpoint(tmp_path / "np.ckpt"))) == {"w"}
+
+
+@pytest.mark.parametrize("drop", ["scalar", "all"])
+def test_without_our_allow_list_entry_the_same_file_is_refused(tmp_path, monkeypatch, drop):
+    """The numpy globals are admitted by *our* list only: removing its entries makes torch refuse the file."""
+    path = _numpy_scalar_checkpoint(tmp_path / "np.ckpt")
+    full = safe_load._extra_safe_globals
+    reduced = [] if drop == "all" else [(obj, name) for obj, name in full() if not name.endswith(".scalar")]
+    monkeypatch.setattr(safe_load, "_extra_safe_globals", lambda: reduced)
+    match = r"asks for `numpy\.(_core|core)\.multiarray\.scalar`" if drop == "scalar" else r"asks for `numpy\."
+    with pytest.raises(UnsafeCheckpointError, match=match):
+        load_state_dict(path)
+
+
+def test_a_global_outside_our_allow_list_is_refused_even_if_harmless_looking(tmp_path):
+    """A numpy *array* (numpy.core.multiarray._reconstruct) is not on the list: refused, named, not loaded."""
+    path = tmp_path / "arr.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "extra": np.zeros(3)}, path)
+    with pytest.raises(UnsafeCheckpointError, match=r"asks for `numpy\.(_core|core)\.multiarray\._reconstruct`"):
+        load_state_dict(path)
