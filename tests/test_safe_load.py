@@ -21,10 +21,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from depth2img.errors import ModelLoadError, UnsafeCheckpointError
+from depth2img.errors import CorruptCheckpointError, ModelLoadError, UnsafeCheckpointError
 from depth2img.models import safe_load
 from depth2img.models.safe_load import (
-    CorruptCheckpointError,
     find_non_finite,
     load_state_dict,
     read_safetensors_header,
