@@ -55,8 +55,11 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
             break
         except FileExistsError:
             continue
+    mode = os.stat(tmp).st_mode & 0o777  # 0o666 minus the umask
     try:
         yield tmp
+        if os.stat(tmp).st_mode & 0o777 != mode:  # writers that replace the file (safetensors: 0600)
+            os.chmod(tmp, mode)
         with open(tmp, "rb+") as fp:
             os.fsync(fp.fileno())
         os.replace(tmp, path)

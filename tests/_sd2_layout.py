@@ -146,3 +146,18 @@ def tiny_original_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     sd["model_ema.decay"] = torch.tensor(0.9999)
     sd["model_ema.num_updates"] = torch.tensor(1234, dtype=torch.int32)
     return sd
+
+
+TINY_IMG2IMG_YAML = (
+    TINY_YAML.replace("in_channels: 5", "in_channels: 4")
+    .replace("    conditioning_key: hybrid\n", "    conditioning_key: crossattn\n")
+    .replace("    depth_stage_config:\n      target: ldm.modules.midas.api.MiDaSInference\n      params: {model_type: dpt_hybrid}\n", "")
+)
+
+
+def tiny_img2img_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """The scaled-down SD2 checkpoint as a plain 4-channel img2img model (no MiDaS); pair with TINY_IMG2IMG_YAML."""
+    sd = {k: v for k, v in tiny_original_state_dict(seed).items() if not k.startswith("depth_model.")}
+    key = "model.diffusion_model.input_blocks.0.0.weight"
+    sd[key] = sd[key][:, :4].contiguous()
+    return sd

@@ -11,7 +11,7 @@ from scipy.ndimage import binary_dilation
 from depth2img import load_pipeline
 from depth2img.errors import InvalidImageError, InvalidRequestError
 from depth2img.infotext import parse_infotext
-from depth2img.inpaint import blur_mask, crop_region, expand_crop_region, gaussian_kernel, prepare_inpaint
+from depth2img.inpaint import blur_mask, crop_region, expand_crop_region, prepare_inpaint
 
 from .conftest import photo
 
@@ -61,13 +61,6 @@ def test_blur_widens_the_changed_region_by_the_kernel_radius(tiny_pipe, astronau
     assert blurred[~binary].sum() > 0  # but it does reach beyond the mask
     ring = binary_dilation(binary, iterations=radius - 1, structure=np.ones((3, 3))) & ~binary
     assert blurred[ring].mean() > 0.5
-
-
-def test_gaussian_kernel_follows_a1111_size_rule():
-    assert len(gaussian_kernel(4)) == 2 * int(2.5 * 4 + 0.5) + 1 == 21
-    assert gaussian_kernel(4).sum() == pytest.approx(1.0)
-    full = blur_mask(Image.new("L", (20, 12), 255), 4)  # reflect-101 border: white stays white
-    assert np.asarray(full).min() == 255
 
 
 def test_only_masked_crops_to_the_mask_and_pastes_back_there(tiny_pipe):

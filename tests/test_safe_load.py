@@ -21,10 +21,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from depth2img.errors import ModelLoadError, UnsafeCheckpointError
+from depth2img.errors import CorruptCheckpointError, ModelLoadError, UnsafeCheckpointError
 from depth2img.models import safe_load
 from depth2img.models.safe_load import (
-    CorruptCheckpointError,
     find_non_finite,
     load_state_dict,
     read_safetensors_header,
@@ -216,26 +215,43 @@ def test_valid_safetensors_roundtrip_and_mmap(tmp_path):
 @pytest.mark.parametrize(
     "case, header, data, header_len, match",
     [
-        ("absurd_length", {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4, 2**62, "header length"),
-        ("length_past_eof", {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4, 10_000, "header length"),
-        ("offset_past_eof", {"a": {"dtype": "F32", "shape": [1000000000], "data_offsets": [0, 4000000000]}}, b"\0" * 4, None, "outside"),
-        ("size_mismatch", {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 4, None, "spans"),
-        ("overlap", {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8, None, "overlaps|spans"),
-        ("gap", {"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8, None, "gap"),
-        ("trailing", {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 12, None, "trailing"),
-        ("bad_dtype", {"a": {"dtype": "X9", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4, None, "dtype"),
-        ("negative_dim", {"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, b"\0" * 4, None, "shape"),
-        ("huge_dim", {"a": {"dtype": "F32", "shape": [2**50, 2**50], "data_offsets": [0, 4]}}, b"\0" * 4, None, "shape"),
-        ("not_object", [1, 2, 3], b"", None, "JSON object"),
+        ("absurd_length", {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4, 2**62, "is not a safetensors file: .*header length"),
+        ("length_past_eof", {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4, 10_000, "is not a safetensors file: .*header length"),
+        ("offset_past_eof", {"a": {"dtype": "F32", "shape": [1000000000], "data_offsets": [0, 4000000000]}}, b"\0" * 4, None, "is truncated"),
+        ("size_mismatch", {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 4, None, "invalid shape, data type, or offset"),
+        ("overlap", {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8, None, "invalid offset for tensor `b`"),
+        ("gap", {"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8, None, "invalid offset for tensor `a`"),
+        ("trailing", {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 12, None, "not fully covered"),
+        ("bad_dtype", {"a": {"dtype": "X9", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4, None, "X9"),
+        ("negative_dim", {"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, b"\0" * 4, None, "-1"),
+        ("huge_dim", {"a": {"dtype": "F32", "shape": [2**50, 2**50], "data_offsets": [0, 4]}}, b"\0" * 4, None, "overflow"),
+        ("not_object", [1, 2, 3], b"", None, "sequence"),
     ],
 )
-def test_bad_safetensors_rejected_before_allocation(tmp_path, monkeypatch, case, header, data, header_len, match):
+def test_bad_safetensors_rejected_before_a_tensor_is_read(tmp_path, monkeypatch, case, header, data, header_len, match):
+    """Our length sniffing or the safetensors library's own header validation (on open) rejects each."""
+    from safetensors import safe_open
+
     path = _write_st(tmp_path / f"{case}.safetensors", header, data, header_len)
+    opened = []
 
-    def no_open(*a, **k):  # proves safetensors (and any allocation of tensor data) is never reached
-        raise AssertionError("safe_open called on an invalid file")
+    class NoTensorRead:  # proves no tensor of an invalid file is ever read
+        def __init__(self, *a, **k):
+            self.inner = safe_open(*a, **k)
 
-    monkeypatch.setattr("safetensors.safe_open", no_open)
+        def __enter__(self):
+            opened.append(self.inner.__enter__())
+            return self
+
+        def __exit__(self, *exc):
+            return self.inner.__exit__(*exc)
+
+        def get_tensor(self, key):
+            raise AssertionError("a tensor of an invalid file was read")
+
+    with pytest.raises(CorruptCheckpointError, match=match):
+        read_safetensors_header(path)  # what the catalog and the cache rely on, without loading
+    monkeypatch.setattr("safetensors.safe_open", NoTensorRead)
     with pytest.raises(CorruptCheckpointError, match=match):
         load_state_dict(path)
 
@@ -268,3 +284,91 @@ def test_non_finite_weights_are_found(tmp_path):
     save_file(sd, str(path))
     assert sorted(find_non_finite(load_state_dict(path))) == ["inf", "nan"]
     assert find_non_finite(sd, ["ok", "int"]) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# files that are not checkpoints: one sentence saying what the file is not; never "unsafe"
+# --------------------------------------------------------------------------------------------------
+
+
+def _random_bytes(n=4096):
+    data = bytearray(np.random.default_rng(0).integers(0, 256, n, dtype=np.uint8).tobytes())
+    data[0] = 0x17  # neither a zip ("PK") nor a pickle (0x80) header; the rest is random
+    return bytes(data)
+
+
+def _truncated(path, save):
+    save(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+BAD_FILES = [
+    ("empty", ".ckpt", lambda p: p.write_bytes(b""), r"is empty \(0 bytes\): not a checkpoint$"),
+    ("empty", ".safetensors", lambda p: p.write_bytes(b""), r"is empty \(0 bytes\): not a checkpoint$"),
+    ("text", ".ckpt", lambda p: p.write_text("model: {params: {}}\nhello é\n"), r"is a text file, not a checkpoint$"),
+    ("text", ".safetensors", lambda p: p.write_text("version https://git-lfs.github.com/spec/v1\n"), r"is a text file, not a checkpoint$"),
+    ("random", ".ckpt", lambda p: p.write_bytes(_random_bytes()), r"is not a PyTorch checkpoint \(no zip or pickle header\)$"),
+    ("random", ".safetensors", lambda p: p.write_bytes(_random_bytes()), r"is not a safetensors file: .*header length"),
+    ("zeros", ".ckpt", lambda p: p.write_bytes(bytes(4096)), r"is not a PyTorch checkpoint \(no zip or pickle header\)$"),
+    ("zeros", ".safetensors", lambda p: p.write_bytes(bytes(4096)), r"is not a safetensors file: .*header length of 0"),
+    ("truncated_zip", ".ckpt", lambda p: _truncated(p, lambda q: torch.save({"a": torch.ones(2000)}, q)), r"is a truncated or damaged PyTorch zip checkpoint"),
+    ("truncated_legacy", ".ckpt", lambda p: _truncated(p, lambda q: torch.save({"a": torch.ones(2000)}, q, _use_new_zipfile_serialization=False)), r"is a truncated or damaged PyTorch checkpoint"),
+    ("truncated", ".safetensors", lambda p: _truncated(p, lambda q: save_file({"a": torch.ones(2000)}, str(q))), r"is truncated: its header describes 8000 bytes"),
+]
+
+
+@pytest.mark.parametrize("case, suffix, write, message", BAD_FILES, ids=[f"{c}{s}" for c, s, _, _ in BAD_FILES])
+def test_a_file_that_is_not_a_checkpoint_is_named_in_one_sentence(tmp_path, case, suffix, write, message):
+    path = tmp_path / f"x{suffix}"
+    write(path)
+    with pytest.raises(CorruptCheckpointError) as info:
+        load_state_dict(path)
+    text = str(info.value)
+    assert not isinstance(info.value, UnsafeCheckpointError)
+    assert text.startswith(f"x{suffix} ") and "\n" not in text and not text.rstrip().endswith(":"), text
+    assert __import__("re").search(message, text), text
+
+
+def test_a_protocol_4_pickle_asking_for_a_global_is_unsafe_not_corrupt(tmp_path):
+    """torch's weights-only unpickler stops at the protocol-4 FRAME opcode before it reads the global;
+    the file is still named unsafe, with the global it asks for (read by pickletools, never run)."""
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "p4.ckpt"
+    path.write_bytes(pickle.dumps(OsSystem(marker), protocol=4))
+    with pytest.raises(UnsafeCheckpointError, match=r"asks for `(posix|os)\.system`"):
+        load_state_dict(path)
+    assert not marker.exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# our allow-list (on top of torch's weights-only set) is consulted: what it admits, and only that
+# --------------------------------------------------------------------------------------------------
+
+
+def _numpy_scalar_checkpoint(path):
+    torch.save({"state_dict": {"w": torch.ones(2)}, "best_score": np.float64(0.25)}, path)  # numpy scalar global
+    return path
+
+
+def test_our_allow_list_admits_numpy_scalars(tmp_path):
+    assert set(load_state_dict(_numpy_scalar_checkpoint(tmp_path / "np.ckpt"))) == {"w"}
+
+
+@pytest.mark.parametrize("drop", ["scalar", "all"])
+def test_without_our_allow_list_entry_the_same_file_is_refused(tmp_path, monkeypatch, drop):
+    """The numpy globals are admitted by *our* list only: removing its entries makes torch refuse the file."""
+    path = _numpy_scalar_checkpoint(tmp_path / "np.ckpt")
+    full = safe_load._extra_safe_globals
+    reduced = [] if drop == "all" else [(obj, name) for obj, name in full() if not name.endswith(".scalar")]
+    monkeypatch.setattr(safe_load, "_extra_safe_globals", lambda: reduced)
+    match = r"asks for `numpy\.(_core|core)\.multiarray\.scalar`" if drop == "scalar" else r"asks for `numpy\."
+    with pytest.raises(UnsafeCheckpointError, match=match):
+        load_state_dict(path)
+
+
+def test_a_global_outside_our_allow_list_is_refused_even_if_harmless_looking(tmp_path):
+    """A numpy *array* (numpy.core.multiarray._reconstruct) is not on the list: refused, named, not loaded."""
+    path = tmp_path / "arr.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "extra": np.zeros(3)}, path)
+    with pytest.raises(UnsafeCheckpointError, match=r"asks for `numpy\.(_core|core)\.multiarray\._reconstruct`"):
+        load_state_dict(path)

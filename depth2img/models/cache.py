@@ -4,18 +4,20 @@ Entries are named by the sha256 of the source file (A1111's full hash; its first
 short hash shown in infotexts). An ``index.json`` maps (absolute path, size, mtime_ns) to that hash, so a
 later load of an unchanged file needs one ``stat`` and no hashing; a changed file misses and is re-hashed.
 The cached copy is an ordinary flat original-layout safetensors file (loadable and convertible itself).
-Writes are atomic (temp file + rename); a damaged cache entry fails safetensors validation and is rebuilt.
+Writes go through :func:`depth2img.outputs.atomic_output` (unique temp name, fsync, rename); a damaged
+cache entry fails safetensors validation and is rebuilt.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 from pathlib import Path
 
-from .safe_load import CorruptCheckpointError, load_pickle_checkpoint, read_safetensors_header, unwrap_state_dict
+from ..errors import CorruptCheckpointError
+from ..outputs import atomic_output, atomic_write_bytes
+from .safe_load import load_pickle_checkpoint, read_safetensors_header, unwrap_state_dict
 
 _LOCK = threading.Lock()
 
@@ -41,10 +43,27 @@ def _read_index(cache_dir: Path) -> dict[str, str]:
         return {}
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+SHORT_HASH_LENGTH = 10  # A1111 modules/hashes.py: sha256 of the whole file, first 10 hex digits
+_MEMO: dict[str, str] = {}  # fingerprint -> sha256, for loads without a cache folder (one per process)
+
+
+def file_sha256(path: str | Path, cache_dir: str | Path | None = None) -> str:
+    """The sha256 of the whole file, computed once: remembered in ``cache_dir``'s index (keyed by path,
+    size and mtime, as A1111's cache.json) or, without a cache folder, for the life of the process."""
+    path = Path(path)
+    key = _fingerprint(path)
+    digest = _MEMO.get(key) or (lookup_hash(path, cache_dir) if cache_dir is not None else None)
+    if digest is None:
+        digest = sha256_file(path)
+        if cache_dir is not None:
+            remember_hash(path, cache_dir, digest)
+    _MEMO[key] = digest
+    return digest
+
+
+def short_hash(path: str | Path, cache_dir: str | Path | None = None) -> str:
+    """A1111's short hash ("Model hash" in infotexts): the first 10 hex digits of the file's sha256."""
+    return file_sha256(path, cache_dir)[:SHORT_HASH_LENGTH]
 
 
 def lookup_hash(path: str | Path, cache_dir: str | Path) -> str | None:
@@ -58,7 +77,7 @@ def remember_hash(path: str | Path, cache_dir: str | Path, digest: str) -> None:
     with _LOCK:
         index = _read_index(cache_dir)
         index[_fingerprint(Path(path))] = digest
-        _write_atomic(cache_dir / "index.json", json.dumps(index, indent=1, sort_keys=True).encode())
+        atomic_write_bytes(cache_dir / "index.json", json.dumps(index, indent=1, sort_keys=True).encode())
 
 
 def cached_checkpoint(path: str | Path, cache_dir: str | Path) -> tuple[Path, str]:
@@ -77,13 +96,11 @@ def cached_checkpoint(path: str | Path, cache_dir: str | Path) -> tuple[Path, st
             return target, digest
         except (OSError, CorruptCheckpointError):
             pass  # missing or damaged: rebuild below
-    digest = sha256_file(path)
+    digest = file_sha256(path, cache_dir)
     target = cache_dir / f"{digest[:16]}.safetensors"
     sd = unwrap_state_dict(load_pickle_checkpoint(path), path.name)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp), metadata={"source": path.name, "sha256": digest})
-    os.replace(tmp, target)
+    with atomic_output(target) as tmp:
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp), metadata={"source": path.name, "sha256": digest})
     del sd
     remember_hash(path, cache_dir, digest)
     return target, digest

@@ -7,8 +7,10 @@
 * the Hugging Face hub cache (``models--owner--name/snapshots/<rev>/model_index.json``), when given.
 
 Listing reads directory entries and, for ``.safetensors`` and diffusers folders, a header or a config to
-tell depth (5-channel) from img2img models; it never reads a pickle. The A1111 short hash (first 10 hex
-digits of the sha256 of the whole file) is computed only when asked, and remembered in the cache index.
+tell depth (5-channel) from img2img models; it never unpickles (a pickle's first bytes are checked). A file
+that cannot be a checkpoint is listed with ``problem`` set, so it is shown as unreadable and never hashed.
+The A1111 short hash (first 10 hex digits of the sha256 of the whole file) is computed only when asked,
+and remembered in the cache index.
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .safe_load import CHECKPOINT_SUFFIXES, CorruptCheckpointError, read_safetensors_header
+from ..errors import CorruptCheckpointError
+from .files import CHECKPOINT_SUFFIXES, MODEL_SUFFIXES, SAFETENSORS_SUFFIXES, sidecar_config
+from .kinds import INPAINT_UNET_CHANNELS, kind_from_unet_channels
+from .cache import short_hash  # noqa: F401  (the CLI's `models --hash` imports it from here)
+from .safe_load import check_pickle_header, read_safetensors_header
 
 CHECKPOINT_DIRS = ("Stable-diffusion", "checkpoints")  # A1111, ComfyUI
 MAX_DEPTH = 3
@@ -33,28 +39,39 @@ class ModelEntry:
     size: int  # bytes on disk (weights only for folders)
     config: Path | None = None  # a same-name yaml beside a checkpoint
     short_hash: str | None = None  # A1111 short hash, when computed
+    # why a checkpoint file cannot be a model ("x.ckpt is empty (0 bytes): not a checkpoint"); None = readable
+    # as far as a listing checks (safetensors header; a pickle's zip/pickle header, never unpickled).
+    # Such entries have kind "?" and must not be hashed.
+    problem: str | None = None
 
 
 def _kind_from_in_channels(n: int | None) -> str:
-    return {5: "depth", 4: "img2img", 9: "inpaint"}.get(n, "?") if n is not None else "?"
+    # a listing also names inpainting models (which loading refuses) instead of hiding them as unknown
+    return kind_from_unet_channels(n) or ("inpaint" if n == INPAINT_UNET_CHANNELS else "?")
 
 
-def _checkpoint_kind(path: Path, config: Path | None) -> str:
+def _checkpoint_kind(path: Path, config: Path | None) -> tuple[str, str | None]:
+    """(kind, problem) of a checkpoint file; the problem is the loader's own sentence for a bad file."""
+    try:
+        if path.suffix.lower() in SAFETENSORS_SUFFIXES:
+            header = read_safetensors_header(path)
+        else:
+            check_pickle_header(path)
+            header = {}
+    except CorruptCheckpointError as error:
+        return "?", str(error)
+    except OSError as error:
+        return "?", f"{path.name} cannot be read ({error.strerror or error})"
     if config is not None:
         try:
             import yaml
 
             cfg = yaml.safe_load(config.read_text(encoding="utf-8"))
-            return _kind_from_in_channels(cfg["model"]["params"]["unet_config"]["params"]["in_channels"])
+            return _kind_from_in_channels(cfg["model"]["params"]["unet_config"]["params"]["in_channels"]), None
         except Exception:  # an unreadable yaml just leaves the kind unknown in a listing
             pass
-    if path.suffix.lower() == ".safetensors":
-        try:
-            shape = read_safetensors_header(path).get("model.diffusion_model.input_blocks.0.0.weight", {}).get("shape")
-        except (OSError, CorruptCheckpointError):
-            return "?"
-        return _kind_from_in_channels(shape[1] if shape else None)
-    return "?"
+    shape = header.get("model.diffusion_model.input_blocks.0.0.weight", {}).get("shape")
+    return _kind_from_in_channels(shape[1] if shape else None), None
 
 
 def _folder_entry(folder: Path, name: str, layout: str) -> ModelEntry:
@@ -62,15 +79,16 @@ def _folder_entry(folder: Path, name: str, layout: str) -> ModelEntry:
         n = json.loads((folder / "unet" / "config.json").read_text()).get("in_channels")
     except (OSError, ValueError):
         n = None
-    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin"))
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in CHECKPOINT_SUFFIXES)
     return ModelEntry(name, folder, layout, _kind_from_in_channels(n), size)
 
 
 def _checkpoint_entry(path: Path, root: Path) -> ModelEntry:
-    config = next((c for c in (path.with_suffix(".yaml"), path.with_suffix(".yml")) if c.is_file()), None)
+    config = sidecar_config(path)
     base = next((a for a in path.parents if a.name in CHECKPOINT_DIRS), root)  # A1111 shows names below its dir
     name = str(path.relative_to(base).with_suffix("")) if base in path.parents else path.stem
-    return ModelEntry(name, path, "checkpoint", _checkpoint_kind(path, config), path.stat().st_size, config)
+    kind, problem = _checkpoint_kind(path, config)
+    return ModelEntry(name, path, "checkpoint", kind, path.stat().st_size, config, problem=problem)
 
 
 def _walk(root: Path, depth: int = 0):
@@ -95,7 +113,7 @@ def list_models(root: str | Path, *, hf_cache: str | Path | None = None) -> list
     for f in folders:
         out.append(_folder_entry(f, str(f.relative_to(root)) if f != root else f.name, "diffusers"))
     for p, e, depth in _walk(root):
-        if not e.is_file() or p.suffix.lower() not in CHECKPOINT_SUFFIXES or any(f in p.parents for f in folders):
+        if not e.is_file() or p.suffix.lower() not in MODEL_SUFFIXES or any(f in p.parents for f in folders):
             continue
         in_ckpt_dir = any(part in CHECKPOINT_DIRS for part in p.relative_to(root).parts[:-1])
         if in_ckpt_dir or p.parent == root or root.name in CHECKPOINT_DIRS:
@@ -115,15 +133,3 @@ def list_hf_cache(cache: str | Path) -> list[ModelEntry]:
             snap = max(snaps, key=lambda s: s.stat().st_mtime)
             out.append(_folder_entry(snap, repo.name[len("models--"):].replace("--", "/"), "hf-cache"))
     return out
-
-
-def short_hash(path: str | Path, cache_dir: str | Path | None = None) -> str:
-    """A1111's short hash: sha256 of the whole file, first 10 hex digits (remembered in ``cache_dir``)."""
-    from .cache import lookup_hash, remember_hash, sha256_file
-
-    digest = lookup_hash(path, cache_dir) if cache_dir is not None else None
-    if digest is None:
-        digest = sha256_file(path)
-        if cache_dir is not None:
-            remember_hash(path, cache_dir, digest)
-    return digest[:10]

@@ -8,11 +8,10 @@ failure becomes a sentence instead of a traceback).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from ..errors import ModelLoadError
-
-ModelKind = Literal["depth", "img2img"]
+from .kinds import INPAINT_UNET_CHANNELS, ModelKind, kind_from_unet_channels
 
 
 @dataclass
@@ -33,24 +32,29 @@ class Components:
     feature_extractor: Any | None = None
     name: str = "model"  # shown as "Model" in infotexts (checkpoint name without extension)
     source: str = ""  # path or hub id it came from
-    model_hash: str | None = None  # A1111 short hash (sha256[:10] of the checkpoint file), when known
+    # A1111's short hash (sha256 of the whole file, first 10 hex digits) for every single-file model;
+    # None for folders, hub ids and built-ins: A1111 has no hash for them either
+    model_hash: str | None = None
     depth_source: str = ""  # which depth estimator ("" = the model's own)
 
     @property
     def kind(self) -> ModelKind:
-        return "depth" if self.unet.config.in_channels == 5 else "img2img"
+        kind = kind_from_unet_channels(self.unet.config.in_channels)
+        if kind is None:  # check_components refuses such a UNet; a Components is never built with one
+            raise ModelLoadError(f"the UNet has {self.unet.config.in_channels} input channels; expected 5 (depth) or 4 (img2img)")
+        return kind
 
 
 def check_components(c: Components) -> Components:
     """Raise :class:`ModelLoadError` naming the first part that does not fit; return ``c`` otherwise."""
     unet_in = c.unet.config.in_channels
     latent = c.vae.config.latent_channels
-    if unet_in == 9:
+    if unet_in == INPAINT_UNET_CHANNELS:
         raise ModelLoadError(
             "the UNet has 9 input channels: this is an inpainting model; depth2img needs a depth model "
             "(5 channels) or a plain img2img model (4 channels)"
         )
-    if unet_in not in (4, 5):
+    if kind_from_unet_channels(unet_in) is None:
         raise ModelLoadError(f"the UNet has {unet_in} input channels; expected 5 (depth) or 4 (img2img)")
     if c.unet.config.out_channels != latent:
         raise ModelLoadError(

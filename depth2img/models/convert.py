@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,12 @@ import numpy as np
 import torch
 
 from ..errors import ModelLoadError
+from ..outputs import atomic_output, atomic_write_bytes
 from .convert_midas import MIDAS_PREFIX, dpt_to_midas
 from .detect import OPENCLIP_PREFIX, UNET
 from .ldm_keys import openclip_to_ldm, unet_to_ldm, vae_to_ldm
-from .safe_load import CHECKPOINT_SUFFIXES, load_state_dict
+from .files import CHECKPOINT_SUFFIXES, SAFETENSORS_SUFFIXES, sidecar_config
+from .safe_load import load_state_dict
 
 EXTRAS_FILE = "original_extras.safetensors"
 VAE = "first_stage_model."
@@ -93,7 +94,8 @@ def original_to_folder(src: str | Path, out: str | Path, *, half: bool = False, 
     if extras:
         if half:
             extras = {k: (v.half() if v.is_floating_point() else v) for k, v in extras.items()}
-        save_file(extras, str(out / EXTRAS_FILE), metadata={"source": src.name})
+        with atomic_output(out / EXTRAS_FILE) as tmp:
+            save_file(extras, str(tmp), metadata={"source": src.name})
     _write_model_index(out, depth=c.depth_estimator is not None)
     return out
 
@@ -101,7 +103,7 @@ def original_to_folder(src: str | Path, out: str | Path, *, half: bool = False, 
 def _set_architecture(config_json: Path, name: str) -> None:
     cfg = json.loads(config_json.read_text())
     cfg["architectures"] = [name]
-    config_json.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    atomic_write_bytes(config_json, (json.dumps(cfg, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _write_model_index(out: Path, depth: bool) -> None:
@@ -121,7 +123,7 @@ def _write_model_index(out: Path, depth: bool) -> None:
         index["feature_extractor"] = ["transformers", "DPTImageProcessor"]
     else:
         index.update(safety_checker=[None, None], feature_extractor=[None, None], requires_safety_checker=False)
-    (out / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    atomic_write_bytes(out / "model_index.json", (json.dumps(index, indent=2, sort_keys=True) + "\n").encode())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -180,20 +182,61 @@ def folder_to_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
     return sd
 
 
+# diffusers config fields that decide what a model computes; a file loaded back must reproduce each
+_ROUND_TRIP_FIELDS = {
+    "unet": ("in_channels", "out_channels", "block_out_channels", "layers_per_block", "down_block_types",
+             "up_block_types", "cross_attention_dim", "attention_head_dim", "use_linear_projection",
+             "transformer_layers_per_block", "upcast_attention", "class_embed_type", "addition_embed_type"),
+    "vae": ("block_out_channels", "layers_per_block", "latent_channels", "scaling_factor"),
+    "text_encoder": ("num_hidden_layers", "hidden_size", "hidden_act", "num_attention_heads"),
+    "scheduler": ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type"),
+}
+
+
+def _plain(value: Any) -> Any:
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def check_round_trip(folder: Path, sd: Mapping[str, torch.Tensor], config: str | Path | None) -> None:
+    """Refuse, before anything is written, a folder whose original-layout file would not load back as the
+    same model: the file is loaded on the meta device (shapes only) exactly as ``--model FILE`` would load
+    it (with ``config`` as its yaml, else by detection) and every deciding config field is compared.
+
+    The single-file format stores no architecture: a non-standard model needs its yaml (``--config``).
+    """
+    from .single_file import components_from_state_dict
+
+    meta = {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in sd.items()}
+    hint = "" if config is not None else "; give its original .yaml with --config"
+    try:
+        back = components_from_state_dict(meta, dtype=None, config=config, check_finite=False)
+    except ModelLoadError as error:
+        what = f"with {Path(config).name}" if config is not None else "(not a standard SD 1.x/2.x architecture)"
+        raise ModelLoadError(f"{folder} would not load back from a single file {what}: {error}{hint}") from None
+    for part, fields in _ROUND_TRIP_FIELDS.items():
+        config_file = folder / part / ("scheduler_config.json" if part == "scheduler" else "config.json")
+        ours = json.loads(config_file.read_text())
+        theirs = dict(getattr(back, part).config.to_dict() if part == "text_encoder" else getattr(back, part).config)
+        for field in fields:
+            if field in ours and _plain(ours[field]) != _plain(theirs.get(field)):
+                raise ModelLoadError(
+                    f"{folder} has a non-standard {part} ({field} {ours[field]!r}; a single file would load back "
+                    f"with {theirs.get(field)!r}){hint}"
+                )
+
+
 def save_original(sd: Mapping[str, torch.Tensor], out: str | Path, *, half: bool = False) -> Path:
     """Write a flat ``.safetensors`` or a Lightning-style ``{"state_dict": ...}`` ``.ckpt``."""
     out = Path(out)
     _check_out(out, folder=False)
     sd = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in sd.items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    if out.suffix.lower() == ".safetensors":
-        from safetensors.torch import save_file
+    with atomic_output(out) as tmp:
+        if out.suffix.lower() in SAFETENSORS_SUFFIXES:
+            from safetensors.torch import save_file
 
-        save_file(sd, str(tmp), metadata={"format": "pt"})
-    else:
-        torch.save({"state_dict": sd}, tmp)
-    tmp.replace(out)
+            save_file(sd, str(tmp), metadata={"format": "pt"})
+        else:
+            torch.save({"state_dict": sd}, tmp)
     return out
 
 
@@ -210,6 +253,10 @@ def convert(src: str | Path, out: str | Path, *, half: bool = False, config: str
         sd = folder_to_state_dict(src)
         if not out_is_file:
             raise ModelLoadError(f"{src} is already a diffusers folder; give OUT a .safetensors or .ckpt name")
+        _check_out(out, folder=False)
+        check_round_trip(src, sd, config)
+        if config is not None:  # the yaml the file needs to load: beside it, under its name (A1111's rule)
+            atomic_write_bytes(out.with_suffix(Path(config).suffix), Path(config).read_bytes())
         return save_original(sd, out, half=half)
     if not src.is_file():
         raise ModelLoadError(f"not found: {src}")
@@ -220,6 +267,6 @@ def convert(src: str | Path, out: str | Path, *, half: bool = False, config: str
 
 def copy_sidecar_config(src: Path, out: Path) -> None:
     """Keep a same-name .yaml next to a converted checkpoint (A1111 needs it for the depth model)."""
-    y = src.with_suffix(".yaml")
-    if y.is_file() and out.suffix.lower() in CHECKPOINT_SUFFIXES:
-        shutil.copyfile(y, out.with_suffix(".yaml"))
+    config = sidecar_config(src)
+    if config is not None and out.suffix.lower() in CHECKPOINT_SUFFIXES:
+        atomic_write_bytes(out.with_suffix(config.suffix), config.read_bytes())

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import ModelLoadError
+from .files import sidecar_config
+from .kinds import INPAINT_UNET_CHANNELS, ModelKind, kind_from_unet_channels
 
 UNET = "model.diffusion_model."
 DEPTH_KEY = "depth_model.model.pretrained.act_postprocess3.0.project.0.bias"  # A1111's detection key
@@ -48,7 +50,7 @@ _UNET_SD1 = {
 class ModelSpec:
     """The detected model: kind, family, prediction type, and a yaml-shaped ``original_config``."""
 
-    kind: Literal["depth", "img2img"]
+    kind: ModelKind
     family: Literal["sd1", "sd2"]
     prediction_type: Literal["epsilon", "v_prediction"]
     original_config: dict[str, Any]
@@ -61,16 +63,6 @@ class ModelSpec:
     @property
     def unet_params(self) -> dict[str, Any]:
         return self.params["unet_config"]["params"]
-
-
-def sidecar_config(path: str | Path) -> Path | None:
-    """The same-name ``.yaml`` (or ``.yml``) beside a checkpoint, if there is one."""
-    path = Path(path)
-    for ext in (".yaml", ".yml"):
-        p = path.with_suffix(ext)
-        if p.is_file():
-            return p
-    return None
 
 
 def read_original_config(path: str | Path) -> dict[str, Any]:
@@ -127,11 +119,12 @@ def detect(shapes: Mapping[str, Any], path: str | Path | None = None, config: st
     k = _shape(shapes, UNET + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight")
     context_dim = k[1] if k else None
     has_depth = DEPTH_KEY in shapes
-    if in_ch == 9:
+    kind = kind_from_unet_channels(in_ch)
+    if in_ch == INPAINT_UNET_CHANNELS:
         raise ModelLoadError("this is an inpainting model (9 input channels); depth2img needs a depth or img2img model")
-    if in_ch not in (4, 5):
+    if kind is None:
         raise ModelLoadError(f"the UNet has {in_ch} input channels; expected 5 (depth) or 4 (img2img)")
-    if in_ch == 5 and not has_depth:
+    if kind == "depth" and not has_depth:
         raise ModelLoadError(
             "the UNet has 5 input channels (a depth model) but the file carries no MiDaS weights "
             f"('{DEPTH_KEY}' is missing)"
@@ -142,12 +135,12 @@ def detect(shapes: Mapping[str, Any], path: str | Path | None = None, config: st
         family = "sd1"  # OpenAI CLIP in transformers layout
     else:
         family = "sd2" if context_dim == 1024 else "sd1"
-    described = f"this is a depth model ({conv_in})" if in_ch == 5 else f"this is a {in_ch}-channel model ({conv_in})"
+    described = f"this is a depth model ({conv_in})" if kind == "depth" else f"this is a {in_ch}-channel model ({conv_in})"
 
     cfg_path = Path(config) if config is not None else (sidecar_config(path) if path is not None else None)
     if cfg_path is None:
-        pred = "v_prediction" if (family == "sd2" and in_ch == 4) else "epsilon"
-        return ModelSpec("depth" if in_ch == 5 else "img2img", family, pred, _default_config(family, in_ch, in_ch == 5), None)
+        pred = "v_prediction" if (family == "sd2" and kind == "img2img") else "epsilon"
+        return ModelSpec(kind, family, pred, _default_config(family, in_ch, kind == "depth"), None)
 
     cfg = copy.deepcopy(read_original_config(cfg_path))
     params = cfg["model"]["params"]
@@ -164,9 +157,9 @@ def detect(shapes: Mapping[str, Any], path: str | Path | None = None, config: st
     if unet.get("model_channels") not in (None, conv_in[0]):
         raise ModelLoadError(f"the UNet has {conv_in[0]} base channels, but config {name} says {unet.get('model_channels')}")
     yaml_depth = "depth_stage_config" in params or str(params.get("conditioning_key")) == "hybrid"
-    if in_ch == 5 and not yaml_depth:
+    if kind == "depth" and not yaml_depth:
         raise ModelLoadError(f"{described}, but config {name} has no depth stage (use v2-midas-inference.yaml)")
-    if in_ch == 4 and "depth_stage_config" in params:
+    if kind == "img2img" and "depth_stage_config" in params:
         raise ModelLoadError(f"{described}, but config {name} describes a depth model (5 input channels)")
     param = params.get("parameterization", "eps")
     if param not in ("eps", "v"):
@@ -181,4 +174,4 @@ def detect(shapes: Mapping[str, Any], path: str | Path | None = None, config: st
     if "first_stage_config" not in params:
         params["first_stage_config"] = _default_config(family, in_ch, False)["model"]["params"]["first_stage_config"]
     pred = "v_prediction" if param == "v" else "epsilon"
-    return ModelSpec("depth" if in_ch == 5 else "img2img", family, pred, cfg, cfg_path)
+    return ModelSpec(kind, family, pred, cfg, cfg_path)

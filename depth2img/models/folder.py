@@ -19,8 +19,13 @@ from transformers import AutoImageProcessor, AutoModelForDepthEstimation, CLIPTe
 
 from ..errors import ModelLoadError
 from .components import Components, check_components
+from .kinds import kind_from_unet_channels
 
 REQUIRED = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+DEPTH_PARTS = ("depth_estimator", "feature_extractor")
+# Every from_pretrained here reads a local folder: local_files_only keeps transformers/diffusers from taking
+# a missing part for a hub id (minutes of retries offline) or fetching what the folder lacks.
+LOCAL = {"local_files_only": True}
 
 
 def is_model_folder(path: Path) -> bool:
@@ -29,19 +34,24 @@ def is_model_folder(path: Path) -> bool:
 
 def load_folder(path: Path, *, dtype: torch.dtype = torch.float32, name: str | None = None) -> Components:
     """Components of a diffusers folder; the depth estimator (if any) stays float32 (BatchNorm)."""
-    path = Path(path)
-    index = _read_index(path)
+    given = Path(path)
+    index = _read_index(given)
     missing = [part for part in REQUIRED if not index.get(part)]
     if missing:
-        raise ModelLoadError(f"{path}/model_index.json lists no {', '.join(missing)}: not a Stable Diffusion folder")
+        raise ModelLoadError(f"{given}/model_index.json lists no {', '.join(missing)}: not a Stable Diffusion folder")
+    lists_depth = bool(index.get("depth_estimator")) and index["depth_estimator"][0] is not None
+    _check_parts(given, depth=lists_depth)
+    # absolute: a relative "x/tokenizer" is also a valid hub id, and huggingface_hub goes online for hub ids
+    # (even with local_files_only, to build its user agent) when such a path is missing
+    path = given.absolute()
     unet = _strict(UNet2DConditionModel, path, "unet", torch_dtype=dtype)
     vae = _strict(AutoencoderKL, path, "vae", torch_dtype=dtype)
     text_encoder = _strict(CLIPTextModel, path, "text_encoder", torch_dtype=dtype)
-    tokenizer = _load(lambda: CLIPTokenizer.from_pretrained(path / "tokenizer"), path, "tokenizer")
+    tokenizer = _load_tokenizer(path)
     scheduler = _load_scheduler(path, index)
     depth_estimator = feature_extractor = None
-    if index.get("depth_estimator") and index["depth_estimator"][0] is not None:
-        if unet.config.in_channels != 5:
+    if lists_depth and (path / "depth_estimator").is_dir():
+        if kind_from_unet_channels(unet.config.in_channels) != "depth":
             raise ModelLoadError(
                 f"{path} has a depth_estimator, so it is a depth model, but its unet has "
                 f"{unet.config.in_channels} input channels, not 5 (latents + depth): wrong unet?"
@@ -55,18 +65,50 @@ def load_folder(path: Path, *, dtype: torch.dtype = torch.float32, name: str | N
         scheduler=scheduler,
         depth_estimator=depth_estimator,
         feature_extractor=feature_extractor,
-        name=name or path.name,
-        source=str(path),
+        name=name or given.name,
+        source=str(given),
     )
-    # A depth model without an estimator is allowed: it works with own depth maps or a depth_model.
+    # A depth folder without depth_estimator/ (and feature_extractor/) is allowed: it works with own depth
+    # maps or a depth_model; generating without either is refused by Pipeline.check_inputs.
     return check_components(components)
 
 
+def _check_parts(path: Path, *, depth: bool) -> None:
+    """Name a missing component folder at once (before any from_pretrained could go looking for it).
+
+    A depth folder may lack depth_estimator/ *and* feature_extractor/ (it then needs own depth maps or a
+    depth model); one without the other is incomplete.
+    """
+    parts = REQUIRED + (DEPTH_PARTS if depth else ())
+    present = {part: (path / part).is_dir() for part in parts}
+    if depth and not present["depth_estimator"] and not present["feature_extractor"]:
+        present.update(depth_estimator=True, feature_extractor=True)  # allowed: no estimator at all
+    for part in parts:
+        if not present[part]:
+            expected = ", ".join(f"{p}/" for p in parts)
+            raise ModelLoadError(f"folder {path} has no {part}/; expected {expected}")
+
+
+def _load_tokenizer(path: Path) -> Any:
+    # transformers 5 builds an empty 2-token CLIPTokenizer, without an error, from a folder that lacks the
+    # vocabulary (or does not exist): the files are checked here first.
+    folder = path / "tokenizer"
+    if not ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()) and not (folder / "tokenizer.json").is_file():
+        raise ModelLoadError(f"cannot load tokenizer from {path}: tokenizer/ has no vocab.json and merges.txt (or tokenizer.json)")
+    return _load(lambda: CLIPTokenizer.from_pretrained(folder, **LOCAL), path, "tokenizer")
+
+
 def load_depth_estimator(model_dir: Path | str, processor_dir: Path | str | None = None) -> tuple[Any, Any]:
-    """Any transformers depth model (DPT-Hybrid, DPT-Large, Depth Anything...) with its image processor."""
+    """Any transformers depth model (DPT-Hybrid, DPT-Large, Depth Anything...) with its image processor,
+    from local folders."""
+    for folder, what in ((model_dir, "config.json"), (processor_dir or model_dir, "preprocessor_config.json")):
+        if not (Path(folder) / what).is_file():
+            raise ModelLoadError(f"depth model folder {folder} has no {what}: not a transformers depth model folder")
+    model_dir = Path(model_dir).absolute()  # never taken for a hub id (see load_folder)
+    processor_dir = Path(processor_dir or model_dir).absolute()
     model = _strict_transformers(AutoModelForDepthEstimation, model_dir, "depth_estimator")
     processor = _load(
-        lambda: AutoImageProcessor.from_pretrained(processor_dir or model_dir),
+        lambda: AutoImageProcessor.from_pretrained(processor_dir, **LOCAL),
         Path(str(processor_dir or model_dir)),
         "feature_extractor",
     )
@@ -89,21 +131,23 @@ def _load_scheduler(path: Path, index: dict[str, Any]) -> Any:
     cls = getattr(diffusers, class_name, None)
     if cls is None or not hasattr(cls, "from_pretrained"):
         raise ModelLoadError(f"unknown scheduler class {class_name!r} in {path}/model_index.json")
-    return _load(lambda: cls.from_pretrained(path, subfolder="scheduler"), path, "scheduler")
+    return _load(lambda: cls.from_pretrained(path, subfolder="scheduler", **LOCAL), path, "scheduler")
 
 
 def _strict(cls: Any, path: Path, part: str, **kwargs: Any) -> Any:
     """diffusers/transformers ``from_pretrained`` that raises on any missing, unexpected or mis-shaped key."""
     if cls is CLIPTextModel:
         return _strict_transformers(cls, path / part, part, **kwargs)
-    model, info = _load(lambda: cls.from_pretrained(path, subfolder=part, output_loading_info=True, **kwargs), path, part)
+    model, info = _load(
+        lambda: cls.from_pretrained(path, subfolder=part, output_loading_info=True, **LOCAL, **kwargs), path, part
+    )
     _raise_on_bad_keys(info, path, part)
     return model
 
 
 def _strict_transformers(cls: Any, model_dir: Path | str, part: str, **kwargs: Any) -> Any:
     model, info = _load(
-        lambda: cls.from_pretrained(model_dir, output_loading_info=True, **kwargs), Path(str(model_dir)), part
+        lambda: cls.from_pretrained(model_dir, output_loading_info=True, **LOCAL, **kwargs), Path(str(model_dir)), part
     )
     _raise_on_bad_keys(info, Path(str(model_dir)), part)
     return model

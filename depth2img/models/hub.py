@@ -14,6 +14,7 @@ from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 
 from ..errors import ModelLoadError
+from .files import CHECKPOINT_SUFFIXES
 
 # The official stabilityai repos are gone; this community mirror holds the same diffusers folder.
 DEFAULT_DEPTH_REPO = "sd2-community/stable-diffusion-2-depth"
@@ -26,7 +27,7 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def looks_like_hub_id(text: str) -> bool:
-    return bool(_REPO_ID.match(text)) and not text.endswith((".ckpt", ".safetensors", ".pt", ".pth"))
+    return bool(_REPO_ID.match(text)) and not text.lower().endswith(CHECKPOINT_SUFFIXES)
 
 
 def resolve_hub_folder(repo_id: str, *, diffusers_layout: bool = True, revision: str | None = None) -> Path:
@@ -48,8 +49,26 @@ def resolve_hub_folder(repo_id: str, *, diffusers_layout: bool = True, revision:
             )
         )
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelLoadError(
-            f"model '{repo_id}' is not in the Hugging Face cache and could not be downloaded ({reason[:160]}); "
-            "to work offline pass a local diffusers folder or a .ckpt/.safetensors file"
-        ) from None
+        raise ModelLoadError(_not_available(repo_id, error, depth_model=not diffusers_layout)) from None
+
+
+def _not_available(repo_id: str, error: Exception, *, depth_model: bool) -> str:
+    """One whole sentence: why the hub id cannot be used, and what to give instead (per kind of model)."""
+    import huggingface_hub.constants as hub_constants
+
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if isinstance(error, HfHubHTTPError) and status in (401, 403, 404):
+        why = f"the Hugging Face hub answered {status} (no such repository, or it is private or gated)"
+    elif hub_constants.HF_HUB_OFFLINE:
+        why = "it is not in the Hugging Face cache and downloads are off (HF_HUB_OFFLINE)"
+    else:
+        why = "it is not in the Hugging Face cache and the hub cannot be reached"
+    if depth_model:
+        instead = (
+            "pass a local transformers depth model folder (config.json, weights and preprocessor_config.json) "
+            "or a depth2img model folder with a depth_estimator/"
+        )
+    else:
+        instead = "pass a local diffusers model folder or a .ckpt/.safetensors checkpoint file"
+    what = "depth model" if depth_model else "model"
+    return f"{what} '{repo_id}' cannot be used: {why}; {instead} instead."

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import DPTConfig, DPTForDepthEstimation
+from transformers import BatchFeature, DPTConfig, DPTForDepthEstimation
 from transformers.modeling_outputs import DepthEstimatorOutput
 
 MIDAS_SIZE = 384  # net_w = net_h = 384 for dpt_hybrid
@@ -116,16 +116,6 @@ def midas_output_size(height: int, width: int, size: int = MIDAS_SIZE, multiple:
     return max(new_h, multiple), max(new_w, multiple)
 
 
-class MidasBatch(dict):
-    """What :class:`MidasTransform` returns: a dict with attribute access, like transformers' BatchFeature."""
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-
 class MidasTransform:
     """Original SD2-depth MiDaS transform with the image-processor call signature.
 
@@ -163,7 +153,7 @@ class MidasTransform:
             return torch.from_numpy(arr.astype(np.float32) / 255.0)
         return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))  # float input: already [0, 1]
 
-    def __call__(self, images: Any = None, return_tensors: str | None = "pt", **_: Any) -> MidasBatch:
+    def __call__(self, images: Any = None, return_tensors: str | None = "pt", **_: Any) -> BatchFeature:
         if return_tensors not in (None, "pt"):
             raise ValueError("MidasTransform only returns torch tensors")
         if not isinstance(images, (list, tuple)):
@@ -178,4 +168,4 @@ class MidasTransform:
         sizes = {tuple(t.shape) for t in out}
         if len(sizes) != 1:
             raise ValueError(f"all images of a batch must have the same size, got {sorted(sizes)}")
-        return MidasBatch(pixel_values=torch.stack(out).contiguous())
+        return BatchFeature(data={"pixel_values": torch.stack(out).contiguous()})

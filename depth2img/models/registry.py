@@ -12,11 +12,10 @@ import torch
 
 from ..errors import ModelLoadError
 from .components import Components, check_components
+from .files import MODEL_SUFFIXES
 from .folder import is_model_folder, load_depth_estimator, load_folder
 from .hub import looks_like_hub_id, resolve_hub_folder
 from .tiny import TINY_NAMES, tiny_components
-
-CHECKPOINT_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth")
 
 
 def load_components(
@@ -45,8 +44,8 @@ def _load_generator(model: str, dtype: torch.dtype, cache_dir: str | Path | None
     if path.is_dir():
         return load_folder(path, dtype=dtype)
     if path.is_file():
-        if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
-            raise ModelLoadError(f"'{path}' is not a model: expected a folder or a {'/'.join(CHECKPOINT_SUFFIXES)} file")
+        if path.suffix.lower() not in MODEL_SUFFIXES:
+            raise ModelLoadError(f"'{path}' is not a model: expected a folder or a {'/'.join(MODEL_SUFFIXES)} file")
         from .single_file import load_single_file
 
         return load_single_file(path, dtype=dtype, cache_dir=cache_dir)

@@ -20,7 +20,6 @@ them as ignored). NaN/Inf weights are found by :func:`find_non_finite` (the load
 from __future__ import annotations
 
 import json
-import math
 import os
 import pickle
 import re
@@ -32,30 +31,46 @@ from typing import Any
 import torch
 
 from ..errors import CorruptCheckpointError, ModelLoadError, UnsafeCheckpointError
+from .files import CHECKPOINT_SUFFIXES, PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES
 
-SAFETENSORS_SUFFIXES = (".safetensors",)
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-CHECKPOINT_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
 
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own cap
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own cap (the library enforces it too)
 MAX_TENSORS = 100_000  # the SD2-depth file has 1,608; guards against header-bloat CPU/RAM DoS
-MAX_TENSOR_NDIM = 8
+_SNIFF_BYTES = 4096
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
+_PICKLE_PROTO = 0x80  # pickle PROTO opcode: torch's legacy format and raw pickles (protocol >= 2) start with it
 
-# safetensors dtype name -> (torch dtype, bytes per element)
-_ST_DTYPES: dict[str, tuple[torch.dtype, int]] = {
-    "F64": (torch.float64, 8),
-    "F32": (torch.float32, 4),
-    "F16": (torch.float16, 2),
-    "BF16": (torch.bfloat16, 2),
-    "I64": (torch.int64, 8),
-    "I32": (torch.int32, 4),
-    "I16": (torch.int16, 2),
-    "I8": (torch.int8, 1),
-    "U8": (torch.uint8, 1),
-    "BOOL": (torch.bool, 1),
-    "F8_E4M3": (torch.float8_e4m3fn, 1),
-    "F8_E5M2": (torch.float8_e5m2, 1),
-}
+
+# --------------------------------------------------------------------------------------------------
+# what a file is not (one sentence instead of a parser's error)
+# --------------------------------------------------------------------------------------------------
+
+
+def _looks_like_text(head: bytes) -> bool:
+    if not head or b"\0" in head:
+        return False
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as error:
+        if error.start < len(head) - 3:  # not just a character cut at the end of the sample
+            return False
+        text = head[: error.start].decode("utf-8")
+    return all(c.isprintable() or c in "\t\n\r\f" for c in text)
+
+
+def _not_a_file_of_any_kind(path: Path, head: bytes, size: int) -> str | None:
+    """The sentence for an empty or text file (whatever its suffix), else None."""
+    if size == 0:
+        return f"{path.name} is empty (0 bytes): not a checkpoint"
+    if _looks_like_text(head) and not (size <= len(head) and head.rstrip().endswith(b".")):
+        # (a protocol-0 pickle is printable text ending in the STOP opcode "."; torch judges those)
+        return f"{path.name} is a text file, not a checkpoint"
+    return None
+
+
+def _head(path: Path) -> tuple[bytes, int]:
+    with open(path, "rb") as f:
+        return f.read(_SNIFF_BYTES), os.fstat(f.fileno()).st_size
 
 
 # --------------------------------------------------------------------------------------------------
@@ -72,82 +87,56 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def read_safetensors_header(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
-    """Validate a safetensors header and return ``{name: {"dtype", "shape", "data_offsets"}}``.
+def _safetensors_reason(error: Exception) -> str:
+    return str(error).replace("Error while deserializing header: ", "").splitlines()[0][:160]
 
-    Raises :class:`CorruptCheckpointError` naming the first problem; nothing is allocated beyond the
-    header itself, whose size is checked against the file size and the 100 MB cap before it is read.
+
+def read_safetensors_header(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """Validate a safetensors file's header and return ``{name: {"dtype", "shape", "data_offsets"}}``.
+
+    Checked here, because the safetensors library does not: an empty or text file, or a first 8 bytes that
+    cannot be a header length (said in one sentence), duplicate tensor names (serde keeps the last) and
+    the tensor count (no cap there). Everything else - the 100 MB header cap, UTF-8 JSON, dtype names,
+    shapes and their overflow, contiguous offsets covering the data, string-only ``__metadata__`` - is
+    the library's own validation when it opens (memory-maps) the file, before any tensor is read.
+    Raises :class:`CorruptCheckpointError` naming the first problem.
     """
+    from safetensors import SafetensorError, safe_open
+
     path = Path(path)
     name = path.name
-    size = path.stat().st_size
-    if size < 8:
-        raise CorruptCheckpointError(f"{name}: {size} bytes is too short for a safetensors file")
+    head, size = _head(path)
+    problem = _not_a_file_of_any_kind(path, head, size)
+    if problem:
+        raise CorruptCheckpointError(problem)
+    n = int.from_bytes(head[:8], "little") if size >= 8 else 0
+    if size < 8 or n < 2 or n > min(MAX_HEADER_BYTES, size - 8):
+        raise CorruptCheckpointError(
+            f"{name} is not a safetensors file: its first 8 bytes give a header length of {n}, "
+            f"impossible for a {size}-byte file"
+        )
     with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        if n < 2 or n > MAX_HEADER_BYTES or n > size - 8:
-            raise CorruptCheckpointError(
-                f"{name}: safetensors header length {n} is impossible "
-                f"(file is {size} bytes, the format caps headers at {MAX_HEADER_BYTES} bytes)"
-            )
+        f.seek(8)
         raw = f.read(n)
-    if not raw.lstrip().startswith(b"{"):
-        raise CorruptCheckpointError(f"{name}: safetensors header is not a JSON object")
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, ValueError) as e:
-        raise CorruptCheckpointError(f"{name}: unreadable safetensors header ({e})") from None
-    if not isinstance(header, dict):
-        raise CorruptCheckpointError(f"{name}: safetensors header is not a JSON object")
-    meta = header.pop("__metadata__", None)
-    if meta is not None and not (
-        isinstance(meta, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items())
-    ):
-        raise CorruptCheckpointError(f"{name}: safetensors __metadata__ must map strings to strings")
-    if len(header) > MAX_TENSORS:
-        raise CorruptCheckpointError(f"{name}: {len(header)} tensors in the header (limit {MAX_TENSORS})")
-    data_size = size - 8 - n
-    spans: list[tuple[int, int, str]] = []
-    for key, info in header.items():
-        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            raise CorruptCheckpointError(f"{name}: bad header entry for {key!r}")
-        dtype, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in _ST_DTYPES:
-            raise CorruptCheckpointError(f"{name}: tensor {key!r} has unsupported dtype {dtype!r}")
-        if (
-            not isinstance(shape, list)
-            or len(shape) > MAX_TENSOR_NDIM
-            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape)
-        ):
-            raise CorruptCheckpointError(f"{name}: tensor {key!r} has an invalid shape {shape!r}")
-        if (
-            not isinstance(offs, list)
-            or len(offs) != 2
-            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)
-        ):
-            raise CorruptCheckpointError(f"{name}: tensor {key!r} has invalid data_offsets {offs!r}")
-        begin, end = offs
-        if not 0 <= begin <= end <= data_size:
+        raise CorruptCheckpointError(f"{name} is not a valid safetensors file: unreadable header ({e})") from None
+    if isinstance(header, dict):
+        header.pop("__metadata__", None)
+        if len(header) > MAX_TENSORS:
+            raise CorruptCheckpointError(f"{name}: {len(header)} tensors in the header (limit {MAX_TENSORS})")
+        ends = [i["data_offsets"][1] for i in header.values() if isinstance(i, dict) and isinstance(i.get("data_offsets"), list)
+                and len(i["data_offsets"]) == 2 and isinstance(i["data_offsets"][1], int)]
+        if ends and max(ends) > size - 8 - n:  # the library says "not fully covered"; say what happened
             raise CorruptCheckpointError(
-                f"{name}: tensor {key!r} lies at bytes {begin}..{end}, outside the {data_size}-byte data section"
+                f"{name} is truncated: its header describes {max(ends)} bytes of tensor data, the file holds {size - 8 - n}"
             )
-        nbytes = math.prod(shape) * _ST_DTYPES[dtype][1]
-        if nbytes != end - begin:
-            raise CorruptCheckpointError(
-                f"{name}: tensor {key!r} is {dtype}{shape} = {nbytes} bytes but spans {end - begin} bytes"
-            )
-        spans.append((begin, end, key))
-    spans.sort()
-    pos = 0
-    for begin, end, key in spans:
-        if begin != pos:
-            what = "overlaps the previous tensor" if begin < pos else f"leaves a gap at byte {pos}"
-            raise CorruptCheckpointError(f"{name}: tensor {key!r} {what} (offsets must be contiguous)")
-        pos = end
-    if pos != data_size:
-        raise CorruptCheckpointError(
-            f"{name}: tensors cover {pos} of {data_size} data bytes (trailing bytes are not allowed)"
-        )
+    try:
+        with safe_open(str(path), framework="pt", device="cpu"):
+            pass  # the library's header validation; no tensor data is touched
+    except SafetensorError as e:
+        raise CorruptCheckpointError(f"{name} is not a valid safetensors file: {_safetensors_reason(e)}") from None
     return header
 
 
@@ -162,7 +151,7 @@ def load_safetensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             for key in header:
                 out[key] = f.get_tensor(key)
     except Exception as e:  # safetensors raises its own SafetensorError
-        raise CorruptCheckpointError(f"{Path(path).name}: safetensors could not read it ({e})") from None
+        raise CorruptCheckpointError(f"{Path(path).name}: safetensors could not read it ({_safetensors_reason(e)})") from None
     return out
 
 
@@ -201,7 +190,7 @@ def _extra_safe_globals() -> list[tuple[Any, str]]:
 _PICKLE_LOCK = threading.Lock()
 
 
-def _unsafe_message(path: Path, err: Exception) -> str:
+def _unsafe_message(path: Path, err: Exception | str) -> str:
     text = str(err)
     m = re.search(r"(?i)unsupported GLOBAL:? (?:GLOBAL )?([\w.]+)", text)
     what = f"`{m.group(1)}`" if m and m.group(1) else "an object that is not a tensor or a plain container"
@@ -212,24 +201,73 @@ def _unsafe_message(path: Path, err: Exception) -> str:
     )
 
 
+def check_pickle_header(path: str | os.PathLike[str]) -> bool:
+    """Raise :class:`CorruptCheckpointError` if ``path`` cannot be a PyTorch file (empty, text, no zip or
+    pickle header, a zip without its directory); return whether it is the zip format. Nothing is unpickled."""
+    path = Path(path)
+    head, size = _head(path)
+    problem = _not_a_file_of_any_kind(path, head, size)
+    if problem:
+        raise CorruptCheckpointError(problem)
+    is_zip = head.startswith(_ZIP_MAGIC)
+    if is_zip and not zipfile.is_zipfile(path):
+        raise CorruptCheckpointError(f"{path.name} is a truncated or damaged PyTorch zip checkpoint (no zip directory)")
+    if not is_zip and head[0] != _PICKLE_PROTO and not _looks_like_text(head):
+        raise CorruptCheckpointError(f"{path.name} is not a PyTorch checkpoint (no zip or pickle header)")
+    return is_zip
+
+
 def load_pickle_checkpoint(path: str | os.PathLike[str]) -> Any:
     """``torch.load(weights_only=True)`` of a ``.ckpt``/``.pt`` with the Lightning/numpy stubs allowed.
 
     Zip-format files are memory-mapped (``mmap=True``); legacy (pre-1.6, non-zip) files are read whole.
+    A file that is not a PyTorch file at all (empty, text, no zip or pickle header) is named as such before
+    torch sees it; :class:`UnsafeCheckpointError` is kept for real pickles that ask for a forbidden global.
     """
     path = Path(path)
-    is_zip = zipfile.is_zipfile(path)
+    is_zip = check_pickle_header(path)
     with _PICKLE_LOCK, torch.serialization.safe_globals(_extra_safe_globals()):
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
         except pickle.UnpicklingError as e:
-            if "Weights only load failed" in str(e) or "weights_only" in str(e):
+            if _FORBIDDEN.search(str(e)):
                 raise UnsafeCheckpointError(_unsafe_message(path, e)) from None
-            raise CorruptCheckpointError(f"{path.name}: not a readable pickle checkpoint ({e})") from None
-        except (RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError) as e:
-            raise CorruptCheckpointError(
-                f"{path.name}: not a readable checkpoint (truncated or not a PyTorch file?): {str(e)[:200]}"
-            ) from None
+            wanted = None if is_zip else _pickle_global(path)
+            if wanted:  # a well-formed pickle asking for a global; torch stopped earlier (at a protocol-4 frame)
+                raise UnsafeCheckpointError(_unsafe_message(path, f"Unsupported global: {wanted}")) from None
+            raise CorruptCheckpointError(f"{path.name} is a damaged PyTorch checkpoint ({_first_line(e)})") from None
+        except (RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError, IndexError) as e:
+            raise CorruptCheckpointError(f"{path.name} is a truncated or damaged PyTorch checkpoint ({_first_line(e)})") from None
+
+
+# torch's weights-only unpickler refusing a global or a call: the one case that is a safety matter
+_FORBIDDEN = re.compile(r"(?i)unsupported global|unsupported class|unrecognized function|not an allowed global")
+
+
+def _pickle_global(path: Path) -> str | None:
+    """The first global a raw pickle asks for ("" if it asks for none), read with ``pickletools`` (which
+    only decodes opcodes; nothing is built or run); ``None`` if the file is not a well-formed pickle."""
+    import pickletools
+
+    strings: list[str] = []
+    found: str | None = None
+    try:
+        with open(path, "rb") as f:
+            for opcode, arg, _pos in pickletools.genops(f):
+                if opcode.name == "GLOBAL" and found is None:
+                    found = str(arg).replace(" ", ".")
+                elif opcode.name == "STACK_GLOBAL" and found is None and len(strings) >= 2:
+                    found = f"{strings[-2]}.{strings[-1]}"
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # noqa: BLE001 - any decoding failure means: not a pickle
+        return None
+    return found if found is not None else ""
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 # --------------------------------------------------------------------------------------------------

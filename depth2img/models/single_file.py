@@ -12,9 +12,8 @@ and any missing or mis-shaped tensor, raises :class:`CheckpointKeyError` naming 
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +25,11 @@ from .components import Components, check_components
 from .convert_midas import MIDAS_PREFIX, midas_to_dpt
 from .detect import HFCLIP_PREFIX, OPENCLIP_PREFIX, UNET, ModelSpec, detect
 from .ldm_keys import openclip_key_to_ldm, unet_key_to_ldm, vae_key_to_ldm
-from .safe_load import PICKLE_SUFFIXES, find_non_finite, load_state_dict
+from .files import PICKLE_SUFFIXES
+from .safe_load import find_non_finite, load_state_dict
 
 VAE = "first_stage_model."
+OPENCLIP_H_WIDTH, OPENCLIP_H_LAYERS = 1024, 24  # SD 2.x's text tower, OpenCLIP ViT-H/14
 SCHEDULE_BUFFERS = frozenset({
     "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
     "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
@@ -59,22 +60,12 @@ def ignored_reason(key: str, n_text_layers_used: int | None) -> str | None:
 # --------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def empty_parameters() -> Iterator[None]:
-    """Create parameters on the meta device (no memory, no init cost) while buffers stay real."""
-    original = nn.Module.register_parameter
+def empty_parameters() -> Any:
+    """Parameters on the meta device (no memory, no init cost) while buffers stay real: accelerate's
+    ``init_empty_weights`` (buffers such as CLIP's position_ids are not in the file, so they must be real)."""
+    from accelerate import init_empty_weights
 
-    def register(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        original(self, name, param)
-        if param is not None:
-            p = self._parameters[name]
-            self._parameters[name] = nn.Parameter(p.to("meta"), requires_grad=p.requires_grad)
-
-    nn.Module.register_parameter = register  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = original  # type: ignore[method-assign]
+    return init_empty_weights(include_buffers=False)
 
 
 def load_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], part: str, dtype: torch.dtype | None,
@@ -165,6 +156,9 @@ def _text_layers_used(spec: ModelSpec, sd: Mapping[str, torch.Tensor]) -> int | 
     layer = (spec.params.get("cond_stage_config", {}) or {}).get("params", {}).get("layer", "penultimate")
     if layer not in ("penultimate", "last"):
         raise ModelLoadError(f"text encoder layer {layer!r} is not supported (expected 'penultimate' or 'last')")
+    width = sd[OPENCLIP_PREFIX + "token_embedding.weight"].shape[1]
+    if layer == "penultimate" and width == OPENCLIP_H_WIDTH and n == OPENCLIP_H_LAYERS - 1:
+        return n  # the unused last layer was already dropped (diffusers' SD2 folder -> original script does)
     return n - 1 if layer == "penultimate" else n
 
 
@@ -266,13 +260,17 @@ def load_single_file(
     ``config``: an original yaml (else the same-name yaml beside the file, else detection by keys).
     ``cache_dir``: pickles are converted once to a memory-mappable safetensors copy there (see cache.py).
     """
-    from .cache import cached_checkpoint
+    from .cache import SHORT_HASH_LENGTH, cached_checkpoint, short_hash
 
     path = Path(path)
-    read_from, model_hash = path, None
     if cache_dir is not None and path.suffix.lower() in PICKLE_SUFFIXES:
-        read_from, model_hash = cached_checkpoint(path, Path(cache_dir))
-    sd = load_state_dict(read_from)
+        read_from, digest = cached_checkpoint(path, Path(cache_dir))
+        model_hash = digest[:SHORT_HASH_LENGTH]
+    else:
+        read_from, model_hash = path, None
+    sd = load_state_dict(read_from)  # a bad file is reported before the hash costs a full read
+    if model_hash is None:
+        model_hash = short_hash(path, cache_dir)
     return components_from_state_dict(sd, path=path, dtype=dtype, config=config, check_finite=check_finite, model_hash=model_hash)
 
 
