@@ -63,3 +63,21 @@ def test_cli_models_and_convert(tmp_path, monkeypatch):
     res = runner.invoke(app, ["convert", str(root / "checkpoints" / "sd2" / "v2-1_768.ckpt"), str(tmp_path / "v2"), "--format", "safetensors"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "v2.safetensors").is_file()
+
+
+def test_cli_models_lists_unreadable_files_apart_without_hashes(tmp_path, monkeypatch):
+    """Issue 7 item 17: zero-byte and random files were listed as '?' checkpoints with the empty file's hash."""
+    import hashlib
+
+    from depth2img.cli import app
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    root = _tree(tmp_path)
+    (root / "empty.ckpt").write_bytes(b"")
+    (root / "noise.safetensors").write_bytes(bytes(range(256)) * 4)
+    res = CliRunner().invoke(app, ["models", str(root), "--no-hf-cache", "--hash"])
+    assert res.exit_code == 0, res.output
+    table, _, apart = res.output.partition("unreadable file(s), not models:")
+    assert "empty" not in table and "noise" not in table  # not in the models table
+    assert "empty: empty.ckpt is empty (0 bytes)" in apart and "noise: noise.safetensors is not a safetensors file" in apart
+    assert hashlib.sha256(b"").hexdigest()[:10] not in res.output  # never hashed

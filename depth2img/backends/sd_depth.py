@@ -24,7 +24,8 @@ class SDDepthBackend(Backend):
     def check_inputs(self, request: GenerationRequest, *, model: str, has_estimator: bool) -> None:
         if request.depth_map is None and not has_estimator:
             raise InvalidRequestError(
-                f"'{model}' is a depth model without a depth estimator: give a depth map or a depth model"
+                f"'{model}' is a depth model without a depth estimator: give a depth map or a depth model "
+                "(--depth or --depth-model; a folder without depth_estimator/ has none)"
             )
 
     def denoiser(

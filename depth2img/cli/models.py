@@ -21,14 +21,14 @@ def convert_command(
     out: Annotated[Path, typer.Argument(help="Output: a folder (diffusers) or a .safetensors/.ckpt file.")],
     half: Annotated[bool, typer.Option("--half", help="Write float16 weights.")] = False,
     fmt: Annotated[str, typer.Option("--format", help="auto (from OUT's name), diffusers, safetensors or ckpt.")] = "auto",
-    config: Annotated[Optional[Path], typer.Option("--config", help="Original .yaml for SRC (default: the same-name .yaml beside it).")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="Original .yaml: for a checkpoint SRC (default: the same-name .yaml beside it), or for a folder converted to a file whose layout is not the standard one.")] = None,
 ) -> None:
     """Convert between an original-layout checkpoint and a diffusers folder (depth model included).
 
     Pickle checkpoints are read with the weights-only loader; nothing in them runs."""
     from ..errors import InvalidRequestError
     from ..models.convert import convert, copy_sidecar_config
-    from ..models.safe_load import CHECKPOINT_SUFFIXES
+    from ..models.files import MODEL_SUFFIXES
     from ..outputs import Target, check_targets
 
     if fmt not in FORMATS:
@@ -37,8 +37,8 @@ def convert_command(
         out = out.with_name(out.name + f".{fmt}")
     if fmt == "diffusers" and out.suffix:
         raise InvalidRequestError(f"--format diffusers writes a folder; {out} looks like a file name")
-    to_file = out.suffix.lower() in CHECKPOINT_SUFFIXES
-    check_targets([Target("OUT", (out,), (".safetensors", ".ckpt") if to_file else (), folder=not to_file)])
+    to_file = out.suffix.lower() in MODEL_SUFFIXES
+    check_targets([Target("OUT", (out,), MODEL_SUFFIXES if to_file else (), folder=not to_file)])
     if Path(out).resolve() == Path(src).resolve():
         raise InvalidRequestError(f"OUT '{out}' is SRC itself: converting in place would destroy the source")
     result = convert(src, out, half=half, config=config)
@@ -75,9 +75,16 @@ def models_command(
     table = Table(box=None, pad_edge=False)
     for col in ("name", "kind", "layout", "size", "yaml") + (("hash",) if with_hash else ()):
         table.add_column(col)
-    for m in entries:
+    readable = [m for m in entries if not m.problem]
+    for m in readable:
         row = [m.name, m.kind, m.layout, f"{m.size / 2**30:.2f} GB", m.config.name if m.config else ""]
         if with_hash:
             row.append(short_hash(m.path, cache_dir) if m.layout == "checkpoint" else "")
         table.add_row(*row)
-    Console(soft_wrap=True).print(table)
+    if readable:
+        Console(soft_wrap=True).print(table)
+    unreadable = [m for m in entries if m.problem]
+    if unreadable:
+        say(f"{len(unreadable)} unreadable file(s), not models:")
+        for m in unreadable:
+            say(f"  {m.name}: {m.problem}")
