@@ -96,5 +96,5 @@ def create_app(settings: Settings) -> ASGIApp:
     if settings.cors_origins:  # outside auth: a browser's preflight carries no credentials
         outer = CORSMiddleware(outer, allow_origins=list(settings.cors_origins), allow_methods=["*"],
                                allow_headers=["*"], allow_credentials=bool(settings.auth))
-    outer.services = svc  # type: ignore[attr-defined]  # for tests and the command
+    outer.services, outer.fastapi = svc, app  # type: ignore[attr-defined]  # for tests and the web UI to mount on
     return outer
