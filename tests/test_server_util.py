@@ -86,13 +86,13 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def wait_state(client, job_id, states=("done", "failed", "cancelled"), timeout=60.0):
+def wait_state(client, job_id, states=("done", "failed", "cancelled"), timeout=60.0, interval=0.05):
     deadline = time.time() + timeout
     while time.time() < deadline:
         job = client.get(f"/api/v1/jobs/{job_id}").json()
         if job["state"] in states:
             return job
-        time.sleep(0.05)
+        time.sleep(interval)
     raise AssertionError(f"job {job_id} still {job['state']} after {timeout} s")
 
 

@@ -233,7 +233,7 @@ async def job_events(job_id: str, request: Request, preview: int = Query(0, ge=0
             last = key
             if await request.is_disconnected():
                 return
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05 if job.state == "running" else 0.25)  # steps matter; a queue moves slowly
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
