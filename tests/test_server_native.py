@@ -172,6 +172,7 @@ def _png_header(width, height) -> bytes:
     (json.dumps({"image": b64(PHOTO[:200])}), 422, "truncated or corrupt"),
     (json.dumps({"image": ""}), 422, "empty"),
     (json.dumps({"image": b64(_png_header(60000, 60000))}), 422, "too large"),
+    (json.dumps({"image": b64(_png_header(5000, 5000))}), 422, "this server's limit"),  # under images.py's own cap
     (json.dumps({"image": b64(_png_header(0, 0))}), 422, "image"),
     (json.dumps({"image": b64(PHOTO), "steps": 0}), 422, "steps"),
     (json.dumps({"image": b64(PHOTO), "scheduler": "nope"}), 422, "scheduler"),

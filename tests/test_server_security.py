@@ -104,7 +104,11 @@ def test_non_loopback_without_auth_is_refused(tmp_path):
     Settings(host="::1", outputs=tmp_path).check()
 
 
-def test_serve_command_refuses_before_binding(tmp_path):
+def test_serve_command_refuses_before_binding(tmp_path, monkeypatch):
+    def must_not_start(settings):
+        raise AssertionError(f"serve would have started on {settings.host}")
+
+    monkeypatch.setattr("depth2img.server.command.run", must_not_start)  # never bind, even when a check breaks
     app = typer.Typer()
     app.command("serve")(serve)
     app.command("noop")(lambda: None)
