@@ -268,3 +268,10 @@ def test_a_real_run_prints_no_blank_line_and_touches_no_network(cat, tmp_path):
     assert done.returncode == 0, done.stderr
     lines = done.stderr.splitlines()
     assert lines and lines[0].strip() != "" and lines[-1] == f"wrote {tmp_path / 'o.png'}"
+
+
+def test_serve_refuses_a_public_bind_without_auth_in_one_line(monkeypatch):
+    import depth2img.server.command as command
+
+    monkeypatch.setattr(command, "run", lambda settings: (_ for _ in ()).throw(AssertionError("server started")))
+    one_line_error(run("serve", "--host", "0.0.0.0"), "auth")

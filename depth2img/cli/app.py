@@ -10,9 +10,11 @@ import typer
 from .. import __version__
 from .depth import depth_command
 from .generate import generate
+from .handling import one_line_errors
 from .info import info
 from .models import convert_command, models_command
 from .sweep import sweep
+from ..server.command import serve
 
 app = typer.Typer(
     add_completion=False,
@@ -44,6 +46,7 @@ app.command("sweep")(sweep)
 app.command("info")(info)
 app.command("convert")(convert_command)
 app.command("models")(models_command)
+app.command("serve")(one_line_errors(serve))
 
 
 def main() -> None:
