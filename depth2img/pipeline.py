@@ -40,6 +40,7 @@ from .images import floor_to_multiple, load_image, resize_image
 from .infotext import build_infotext
 from .inpaint import InpaintJob, inpaint_params, prepare_inpaint
 from .models.components import Components, check_components
+from .prompts import weighting
 from .request import PERCENTILES, GenerationRequest, ImageInput, check_image_size, resolve_seeds
 from .result import Result, StepInfo
 from .sampling import (
@@ -102,6 +103,7 @@ class Pipeline:
         self.depth_source = components.depth_source
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self.embeddings: Any = None  # textual inversions found in the prompt by name (prompts.embeddings)
 
     @property
     def kind(self) -> str:
@@ -258,12 +260,19 @@ class Pipeline:
         *is* OpenCLIP's penultimate layer + ln_final, as the original "penultimate" embedder.
         """
         notes = [] if notes is None else notes
-        cond = Conditioning(self._encode_text(prompt, "prompt", notes)).repeat(batch)
-        uncond = Conditioning(self._encode_text(negative_prompt, "negative prompt", notes)).repeat(batch) if guidance else None
+        text = self._encode_text(prompt, "prompt", notes)
+        negative = self._encode_text(negative_prompt, "negative prompt", notes) if guidance else None
+        if negative is not None and negative.shape[1] != text.shape[1]:  # A1111 chunks: pad with the empty prompt
+            text, negative = weighting.pad_to_same_length(text, negative, self._encode_text("", "", []))
+        cond = Conditioning(text).repeat(batch)
+        uncond = Conditioning(negative).repeat(batch) if negative is not None else None
         return cond, uncond
 
     def _encode_text(self, text: str, what: str, notes: list[str]) -> torch.Tensor:
+        """(1, 77, D); an A1111 prompt (weights, BREAK, embeddings, > 75 tokens): (1, 77 * chunks, D)."""
         tokenizer = self.tokenizer
+        if weighting.needs_chunking(tokenizer, text, self.embeddings):
+            return self._encode_chunked(text, what, notes)
         ids = tokenizer(
             text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
         ).input_ids
@@ -276,6 +285,14 @@ class Pipeline:
         if getattr(self.text_encoder.config, "use_attention_mask", False):
             mask = torch.ones_like(ids).to(self.device)
         return self.text_encoder(ids.to(self.device), attention_mask=mask)[0].to(self.dtype)  # (1, 77, D)
+
+    def _encode_chunked(self, text: str, what: str, notes: list[str]) -> torch.Tensor:
+        tokens = weighting.tokenize_prompt(self.tokenizer, text, self.embeddings)
+        if tokens.dropped:
+            notes.append(f"{what} is longer than {weighting.MAX_CHUNKS} chunks of {weighting.CHUNK} tokens: "
+                         f"the last {tokens.dropped} tokens are dropped")
+        mask = bool(getattr(self.text_encoder.config, "use_attention_mask", False))
+        return weighting.encode_chunks(self.text_encoder, tokens.chunks, self.device, mask=mask).to(self.dtype)
 
     def prepare_depth(
         self,
