@@ -41,6 +41,7 @@ from .infotext import build_infotext
 from .inpaint import InpaintJob, inpaint_params, prepare_inpaint
 from .models.components import Components, check_components
 from .prompts import weighting
+from .prompts.styles import apply_styles, load_styles
 from .request import PERCENTILES, GenerationRequest, ImageInput, check_image_size, resolve_seeds
 from .result import Result, StepInfo
 from .sampling import (
@@ -104,6 +105,7 @@ class Pipeline:
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self.embeddings: Any = None  # textual inversions found in the prompt by name (prompts.embeddings)
+        self.styles: dict[str, Any] | None = None  # A1111 styles.csv (prompts.styles), for request.styles
 
     @property
     def kind(self) -> str:
@@ -125,6 +127,9 @@ class Pipeline:
     def plan(self, request: GenerationRequest) -> Plan:
         """0. Check inputs and decode them; nothing heavy has run yet, so bad input costs nothing."""
         request = self.check_inputs(request)
+        if request.styles:  # A1111: the styled prompt is what is encoded and written to the infotext
+            prompt, negative = apply_styles(request.prompt, request.negative_prompt, request.styles, self.styles)
+            request = request.replace(prompt=prompt, negative_prompt=negative)
         user_depth = load_depth_map(request.depth_map) if request.depth_map is not None else None
         job = self.prepare_inpaint(request) if request.mask is not None else None
         image = job.image if job is not None else self.load_init_image(request)
@@ -368,6 +373,7 @@ class Pipeline:
             **self.backend.infotext(request, own_depth=own_depth, depth_source=self.depth_source),
             **inpaint_params(request),
             **depth_control_params(request),
+            "Styles": ", ".join(request.styles) or None,
             **request.extra,
             "Version": f"depth2img {__version__}",
         }
@@ -407,12 +413,14 @@ def load_pipeline(
     dtype: torch.dtype | str | None = None,
     depth_model: str | None = None,
     cache_dir: str | Path | None = None,
+    styles_file: str | Path | None = None,
 ) -> Pipeline:
     """Load ``model`` (built-in name, diffusers folder, checkpoint file, hub id, or Components).
 
     ``device`` defaults to cpu and ``dtype`` to float32 (diffusers' "highest precision" default);
     ``depth_model`` swaps in any transformers depth estimator (folder or hub id); ``cache_dir`` lets a
-    pickle ``.ckpt`` be converted once to a memory-mapped safetensors copy there (None: no cache).
+    pickle ``.ckpt`` be converted once to a memory-mapped safetensors copy there (None: no cache);
+    ``styles_file`` is an A1111 ``styles.csv`` whose names ``request.styles`` may use.
     """
     from .models.registry import load_components
 
@@ -420,4 +428,6 @@ def load_pipeline(
     components = model if isinstance(model, Components) else load_components(
         model, dtype=parsed, depth_model=depth_model, cache_dir=cache_dir
     )
-    return Pipeline(components, device=device, dtype=parsed)
+    pipe = Pipeline(components, device=device, dtype=parsed)
+    pipe.styles = load_styles(styles_file) if styles_file is not None else None
+    return pipe

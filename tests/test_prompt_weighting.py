@@ -71,6 +71,7 @@ def test_150_tokens_make_two_chunks(tiny_pipe):
     got = tiny_pipe._encode_text(text, "prompt", notes)
     assert got.shape == (1, 154, tiny_pipe.text_encoder.config.hidden_size)
     assert notes == []  # nothing is dropped: no truncation note
+    assert tiny_pipe._encode_text("a " * 76, "prompt", []).shape[1] == 154  # 76 tokens: already two chunks
     half = plain(tiny_pipe, "a " * 75)
     assert torch.equal(got[:, :77], half) and torch.equal(got[:, 77:], half)
 
