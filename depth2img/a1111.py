@@ -72,6 +72,7 @@ INFOTEXT_KEYS: tuple[str, ...] = (
     "Denoising strength", "Eta", "Depth",
     "Mask blur", "Inpaint area", "Masked area padding", "Masked content", "Mask mode",
     "Depth invert", "Depth clip", "Depth strength", "Depth end",
+    "Styles",  # not written by A1111 (it stores the styled prompt only); kept so the names survive a paste
     "Version",
 )
 RESERVED_INFOTEXT_KEYS: tuple[str, ...] = ("Prompt", "Negative prompt", *INFOTEXT_KEYS)

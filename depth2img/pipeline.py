@@ -40,6 +40,8 @@ from .images import floor_to_multiple, load_image, resize_image
 from .infotext import build_infotext
 from .inpaint import InpaintJob, inpaint_params, prepare_inpaint
 from .models.components import Components, check_components
+from .prompts import weighting
+from .prompts.styles import apply_styles, load_styles
 from .request import PERCENTILES, GenerationRequest, ImageInput, check_image_size, resolve_seeds
 from .result import Result, StepInfo
 from .sampling import (
@@ -102,6 +104,8 @@ class Pipeline:
         self.depth_source = components.depth_source
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self.embeddings: Any = None  # textual inversions found in the prompt by name (prompts.embeddings)
+        self.styles: dict[str, Any] | None = None  # A1111 styles.csv (prompts.styles), for request.styles
 
     @property
     def kind(self) -> str:
@@ -123,6 +127,9 @@ class Pipeline:
     def plan(self, request: GenerationRequest) -> Plan:
         """0. Check inputs and decode them; nothing heavy has run yet, so bad input costs nothing."""
         request = self.check_inputs(request)
+        if request.styles:  # A1111: the styled prompt is what is encoded and written to the infotext
+            prompt, negative = apply_styles(request.prompt, request.negative_prompt, request.styles, self.styles)
+            request = request.replace(prompt=prompt, negative_prompt=negative)
         user_depth = load_depth_map(request.depth_map) if request.depth_map is not None else None
         job = self.prepare_inpaint(request) if request.mask is not None else None
         image = job.image if job is not None else self.load_init_image(request)
@@ -258,12 +265,19 @@ class Pipeline:
         *is* OpenCLIP's penultimate layer + ln_final, as the original "penultimate" embedder.
         """
         notes = [] if notes is None else notes
-        cond = Conditioning(self._encode_text(prompt, "prompt", notes)).repeat(batch)
-        uncond = Conditioning(self._encode_text(negative_prompt, "negative prompt", notes)).repeat(batch) if guidance else None
+        text = self._encode_text(prompt, "prompt", notes)
+        negative = self._encode_text(negative_prompt, "negative prompt", notes) if guidance else None
+        if negative is not None and negative.shape[1] != text.shape[1]:  # A1111 chunks: pad with the empty prompt
+            text, negative = weighting.pad_to_same_length(text, negative, self._encode_text("", "", []))
+        cond = Conditioning(text).repeat(batch)
+        uncond = Conditioning(negative).repeat(batch) if negative is not None else None
         return cond, uncond
 
     def _encode_text(self, text: str, what: str, notes: list[str]) -> torch.Tensor:
+        """(1, 77, D); an A1111 prompt (weights, BREAK, embeddings, > 75 tokens): (1, 77 * chunks, D)."""
         tokenizer = self.tokenizer
+        if weighting.needs_chunking(tokenizer, text, self.embeddings):
+            return self._encode_chunked(text, what, notes)
         ids = tokenizer(
             text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
         ).input_ids
@@ -276,6 +290,14 @@ class Pipeline:
         if getattr(self.text_encoder.config, "use_attention_mask", False):
             mask = torch.ones_like(ids).to(self.device)
         return self.text_encoder(ids.to(self.device), attention_mask=mask)[0].to(self.dtype)  # (1, 77, D)
+
+    def _encode_chunked(self, text: str, what: str, notes: list[str]) -> torch.Tensor:
+        tokens = weighting.tokenize_prompt(self.tokenizer, text, self.embeddings)
+        if tokens.dropped:
+            notes.append(f"{what} is longer than {weighting.MAX_CHUNKS} chunks of {weighting.CHUNK} tokens: "
+                         f"the last {tokens.dropped} tokens are dropped")
+        mask = bool(getattr(self.text_encoder.config, "use_attention_mask", False))
+        return weighting.encode_chunks(self.text_encoder, tokens.chunks, self.device, mask=mask).to(self.dtype)
 
     def prepare_depth(
         self,
@@ -351,6 +373,7 @@ class Pipeline:
             **self.backend.infotext(request, own_depth=own_depth, depth_source=self.depth_source),
             **inpaint_params(request),
             **depth_control_params(request),
+            "Styles": ", ".join(request.styles) or None,
             **request.extra,
             "Version": f"depth2img {__version__}",
         }
@@ -390,12 +413,14 @@ def load_pipeline(
     dtype: torch.dtype | str | None = None,
     depth_model: str | None = None,
     cache_dir: str | Path | None = None,
+    styles_file: str | Path | None = None,
 ) -> Pipeline:
     """Load ``model`` (built-in name, diffusers folder, checkpoint file, hub id, or Components).
 
     ``device`` defaults to cpu and ``dtype`` to float32 (diffusers' "highest precision" default);
     ``depth_model`` swaps in any transformers depth estimator (folder or hub id); ``cache_dir`` lets a
-    pickle ``.ckpt`` be converted once to a memory-mapped safetensors copy there (None: no cache).
+    pickle ``.ckpt`` be converted once to a memory-mapped safetensors copy there (None: no cache);
+    ``styles_file`` is an A1111 ``styles.csv`` whose names ``request.styles`` may use.
     """
     from .models.registry import load_components
 
@@ -403,4 +428,6 @@ def load_pipeline(
     components = model if isinstance(model, Components) else load_components(
         model, dtype=parsed, depth_model=depth_model, cache_dir=cache_dir
     )
-    return Pipeline(components, device=device, dtype=parsed)
+    pipe = Pipeline(components, device=device, dtype=parsed)
+    pipe.styles = load_styles(styles_file) if styles_file is not None else None
+    return pipe

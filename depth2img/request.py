@@ -48,7 +48,7 @@ MAX_STEPS = 1000
 MAX_SIDE = 4096
 PERCENTILES = (0.0, 100.0)  # depth_clip's range and its "no clip" default
 
-Kind = Literal["text", "image", "depth", "float", "int", "seed", "size", "choice", "bool", "pair", "extra"]
+Kind = Literal["text", "image", "depth", "float", "int", "seed", "size", "choice", "bool", "pair", "extra", "names"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,9 @@ class GenerationRequest:
                                     choices=RESIZE_MODES, a1111="resize_mode", group="size")
     scheduler: SchedulerName = param("pndm", "choice", "Sampler (pndm is the model's own).", choices=SCHEDULER_NAMES,
                                      a1111="sampler_name")
+    styles: tuple[str, ...] = param(
+        (), "names", "A saved style to apply (A1111 styles.csv, see --styles-file); repeat for several, applied in order.",
+        flag="--style", a1111="styles", group="prompt")
     depth_map: DepthInput | None = param(
         None, "depth", "Your own depth map (8/16-bit PNG/TIFF or .npy; white = near), instead of the estimate.",
         flag="--depth", group="depth")
@@ -266,6 +269,9 @@ def check_value(field_name: str, value: Any, spec: Param, name: str) -> None:
             _check_number(f"{name} {part}", v, spec.low, spec.high)
     elif kind == "extra":
         _check_extra(name, value)
+    elif kind == "names":
+        if not isinstance(value, (tuple, list)) or not all(isinstance(v, str) and v for v in value):
+            raise InvalidRequestError(f"{name} must be a list of names, got {value!r}")
 
 
 def _check_extra(name: str, extra: Any) -> None:

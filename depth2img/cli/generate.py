@@ -18,7 +18,7 @@ from .loading import load, run_with_progress
 from .options import DepthModelOpt, DeviceOpt, DtypeOpt, ModelOpt, decode_inputs, request_options, to_request_fields
 
 GENERATE_FIELDS = (
-    "image", "prompt", "negative_prompt", "strength", "steps", "guidance_scale", "seed", "scheduler", "batch_size",
+    "image", "prompt", "negative_prompt", "styles", "strength", "steps", "guidance_scale", "seed", "scheduler", "batch_size",
     "width", "height", "resize_mode", "depth_map", "eta", "mask", "mask_blur", "masked_content", "inpaint_area",
     "padding", "invert_mask", "invert_depth", "depth_clip", "depth_strength", "depth_end",
 )
@@ -34,6 +34,7 @@ def generate(
         typer.Option("--save-depth", help="Also write the depth used: .png = the estimate, 16-bit, white = near; .npy = the exact normalised map fed to the UNet."),
     ] = None,
     depth_model: DepthModelOpt = None,
+    styles_file: Annotated[Optional[Path], typer.Option("--styles-file", help="A1111 styles.csv (name, prompt, negative_prompt) for --style.")] = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
     *,
@@ -46,8 +47,13 @@ def generate(
     paths = batch_paths(out, request.batch_size)
     check_targets([Target("--out", tuple(paths))] + ([Target("--save-depth", (save_depth,), DEPTH_SUFFIXES)] if save_depth else []))
     request = request.replace(**decode_inputs(to_request_fields(fields))).validate(label=flag)
+    from ..prompts.styles import apply_styles, load_styles
+
+    styles = load_styles(styles_file) if styles_file is not None else None
+    apply_styles(request.prompt, request.negative_prompt, request.styles, styles)  # an unknown --style fails before loading
 
     pipe = load(model, device, dtype, depth_model)
+    pipe.styles = styles
     if save_depth is not None and not pipe.backend.uses_depth:
         from ..errors import InvalidRequestError
 

@@ -53,6 +53,8 @@ def _help(spec: Param, default: Any) -> str:
 
 def _cli_default(name: str, params: Mapping[str, Param], defaults: Mapping[str, Any]) -> Any:
     default = defaults.get(name)
+    if params[name].kind == "names":
+        return None  # typer's empty repeatable option
     if params[name].kind == "pair" and default is not None:
         return ",".join(f"{v:g}" for v in default)
     return default
@@ -67,6 +69,7 @@ def _annotation(name: str, params: Mapping[str, Param], defaults: Mapping[str, A
     python_type: Any = {
         "text": str, "float": float, "int": int, "seed": int, "bool": bool, "choice": str,
         "size": Optional[int], "pair": str, "image": Optional[str], "depth": Optional[str],
+        "names": Optional[list[str]],  # a repeatable option
     }[spec.kind]
     return Annotated[python_type, option]
 
@@ -124,6 +127,8 @@ def to_request_fields(fields: dict[str, Any]) -> dict[str, Any]:
     for name, value in fields.items():
         if PARAMS[name].kind == "pair" and isinstance(value, str):
             out[name] = parse_pair(flag(name), value)
+        elif PARAMS[name].kind == "names":
+            out[name] = tuple(value or ())
     return out
 
 
