@@ -41,6 +41,8 @@ def _annotation(spec: Param) -> tuple[Any, dict[str, Any]]:
         return Optional[str], {}
     if kind == "extra":
         return dict[str, Optional[str | int | float | bool]], {}
+    if kind == "names":
+        return tuple[str, ...], {}
     raise AssertionError(f"no schema for Param kind {kind!r}")
 
 
