@@ -1,0 +1,35 @@
+"""Image inputs that hand the handler the uploaded file untouched.
+
+gr.Image decodes uploads with PIL inside gradio, so a text file dropped as an image fails there with a
+bare "Error". These components pass the uploaded file's path instead; the server's own admission
+(``inputs.check_image``: pixel limit, format allow-list, bomb checks) reads the bytes and says in a
+sentence what is wrong. The bytes reach the job store as uploaded, so a UI job equals an API job
+bit for bit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from gradio.events import Dependency
+
+class RawImage(gr.Image):
+    """gr.Image whose value is the uploaded file's path, never re-encoded."""
+
+    def get_block_name(self) -> str:
+        return "image"
+
+    def preprocess(self, payload: Any) -> str | None:
+        return super().preprocess(payload)
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def read(path: str | None) -> bytes | None:
+    return None if not path else Path(path).read_bytes()
