@@ -150,3 +150,61 @@ def test_text_file_as_image_is_a_readable_error(ui, tmp_path):
     error.wait_for()
     text = error.inner_text()
     assert "image" in text and "Traceback" not in text and len(text) < 300, text
+
+
+def test_inpaint_brush_stroke_leaves_the_rest_unchanged(ui, tmp_path):
+    page = ui.open()
+    page.get_by_role("tab", name="inpaint").click()
+    page.locator("#inpaint-editor canvas").first.wait_for(state="attached")
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(PHOTO)
+    page.locator("#inpaint-editor input[type=file]").set_input_files(str(photo))
+    page.get_by_role("button", name="Brush", exact=True).click()
+    box = page.locator("#inpaint-editor canvas").first.bounding_box()
+    # a horizontal stroke through the middle of the upper-left quarter of the picture
+    y = box["y"] + box["height"] * 0.3
+    page.mouse.move(box["x"] + box["width"] * 0.4, y)
+    page.mouse.down()
+    for f in (0.45, 0.5):
+        page.mouse.move(box["x"] + box["width"] * f, y)
+    page.mouse.up()
+    page.locator("#inpaint-prompt textarea").fill("a blue door")
+    set_number(page, "inpaint-steps", 4)
+    set_number(page, "inpaint-seed", 7)
+    set_number(page, "inpaint-strength", 1)
+    page.locator("#inpaint-generate").click()
+    page.locator("#inpaint-status", has_text="1 image(s)").wait_for()  # the gallery shows step previews before
+    shot(page, "inpaint")
+    got = np.asarray(fetch(ui.server, page.locator("#inpaint-gallery img").first.get_attribute("src")).convert("RGB"))
+    original = np.asarray(Image.open(io.BytesIO(PHOTO)).convert("RGB"))
+    changed = np.abs(got.astype(int) - original).max(axis=2) > 0
+    assert changed.any(), "the stroke repainted nothing"
+    ys, xs = np.nonzero(changed)
+    # everything repainted lies near the stroke: within the stroke's band dilated by brush + blur (3 sigma)
+    h, w = changed.shape
+    assert ys.max() < h * 0.6 and xs.max() < w, (ys.min(), ys.max(), xs.min(), xs.max())
+    assert not changed[int(h * 0.65):].any(), "pixels far below the stroke changed"
+    assert ui.errors == [], ui.errors
+
+
+def test_depth_tab_3d_view_draws_and_follows_the_mouse(ui, tmp_path):
+    page = ui.open()
+    page.get_by_role("tab", name="depth").click()
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(PHOTO)
+    page.locator("#depth-image input[type=file]").set_input_files(str(photo))
+    page.locator("#depth-image img").wait_for()
+    page.locator("#depth-estimate").click()
+    page.locator("#depth-shown img").wait_for()
+    page.wait_for_function("window.depth2imgParallax && window.depth2imgParallax.state.src !== null")
+    read = """() => { const c = document.getElementById('d2i-parallax-canvas');
+                      return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data); }"""
+    before = np.array(page.evaluate(read))
+    assert before.reshape(-1, 4)[:, :3].std() > 1, "the 3-D view is blank"
+    box = page.locator("#d2i-parallax-canvas").bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.95, box["y"] + box["height"] * 0.95)
+    page.wait_for_timeout(300)
+    after = np.array(page.evaluate(read))
+    assert (before != after).any(), "the 3-D view did not change when the mouse moved"
+    shot(page, "depth")
+    assert ui.errors == [], ui.errors

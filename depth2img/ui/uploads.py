@@ -15,14 +15,19 @@ from typing import Any
 import gradio as gr
 
 
-class RawImage(gr.Image):
-    """gr.Image whose value is the uploaded file's path, never re-encoded."""
+def RawImage(**options: Any) -> gr.Image:  # noqa: N802 - used like a component class
+    """gr.Image whose value is the uploaded file's path, never re-encoded.
 
-    def get_block_name(self) -> str:
-        return "image"
+    An instance attribute, not a subclass: gradio writes a ``.pyi`` stub next to the module of every
+    component subclass, i.e. into the installed package.
+    """
+    image = gr.Image(**options)
+    image.preprocess = _raw  # type: ignore[method-assign]
+    return image
 
-    def preprocess(self, payload: Any) -> str | None:
-        return None if payload is None else str(payload.path)
+
+def _raw(payload: Any) -> str | None:
+    return None if payload is None else str(payload.path)
 
 
 def read(path: str | None) -> bytes | None:
