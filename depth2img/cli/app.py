@@ -15,6 +15,7 @@ from .info import info
 from .models import convert_command, models_command
 from .sweep import sweep
 from ..server.command import serve
+from ..ui.command import ui_command
 
 app = typer.Typer(
     add_completion=False,
@@ -47,6 +48,7 @@ app.command("info")(info)
 app.command("convert")(convert_command)
 app.command("models")(models_command)
 app.command("serve")(one_line_errors(serve))
+app.command("ui")(one_line_errors(ui_command))
 
 
 def main() -> None:

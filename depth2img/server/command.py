@@ -33,7 +33,7 @@ def serve(
     cors_origin: Annotated[Optional[list[str]], typer.Option(
         "--cors-origin", help="Allow browser pages from this origin (repeatable); closed by default.")] = None,
 ) -> None:
-    """Serve the native API (/api/v1, docs at /docs) and the AUTOMATIC1111-compatible API (/sdapi/v1)."""
+    """Serve the web UI (/), the native API (/api/v1, docs at /docs) and the AUTOMATIC1111-compatible API (/sdapi/v1)."""
     settings = build_settings(host=host, port=port, models_dir=models_dir, model=model, device=device, dtype=dtype,
                               auth=auth, auth_file=auth_file, queue_size=queue_size, job_timeout=job_timeout,
                               outputs=outputs, max_pixels=max_pixels, max_body_mb=max_body_mb, cors_origin=cors_origin)
@@ -67,14 +67,18 @@ def build_settings(*, host: str, port: int, models_dir: list[Path] | None, model
     return settings.check()
 
 
-def run(settings: Settings) -> None:
-    """Build the app and serve it until SIGINT/SIGTERM (uvicorn stops accepting, then the worker stops)."""
+def run(settings: Settings, open_browser: bool = False) -> None:
+    """Build the app and serve it until SIGINT/SIGTERM (uvicorn stops accepting, then the worker stops).
+
+    The web UI is mounted at "/" when gradio is installed (the ``ui`` extra)."""
     import uvicorn
 
+    from .. import ui
     from .app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
+    ui.serve_hook(app, settings, open_browser)
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False,
                 timeout_graceful_shutdown=int(settings.shutdown_grace) + 5)

@@ -1,0 +1,61 @@
+"""The gr.Blocks: A1111's top bar (checkpoint + refresh, depth estimator, queue length) and the tabs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from ..server.services import Services
+from . import STATIC_URL
+
+OWN_ESTIMATOR = "(the model's own)"
+
+CSS = """
+.d2i-error { color: #b91c1c; background: #fef2f2; border: 1px solid #fecaca; padding: 6px 10px; border-radius: 6px; }
+.d2i-info { color: inherit; opacity: .8; padding: 2px 4px; }
+#topbar { align-items: end; }
+"""
+HEAD = f'<script src="{STATIC_URL}/depth2img-ui.js"></script>'
+
+
+def model_choices(svc: Services) -> list[tuple[str, str]]:
+    return [(f"{name} [{entry.kind}]", name) for name, entry in svc.registry.entries.items()]
+
+
+def queue_text(svc: Services) -> str:
+    current = svc.worker.current
+    running = f"running {current.step}/{current.total}" if current else "idle"
+    return f"Queue: {svc.store.count('queued')} waiting · {running}"
+
+
+def build(svc: Services) -> gr.Blocks:
+    from . import depth_tab, generate
+
+    with gr.Blocks(title="depth2img", analytics_enabled=False) as blocks:
+        with gr.Row(elem_id="topbar"):
+            model = gr.Dropdown(model_choices(svc), value=svc.registry.default, label="Checkpoint",
+                                elem_id="top-model", scale=3)
+            refresh = gr.Button("🔄", elem_id="top-refresh", scale=0, min_width=40)
+            depth_model = gr.Dropdown([(OWN_ESTIMATOR, "")] + model_choices(svc), value="", label="Depth estimator",
+                                      elem_id="top-depth-model", scale=2,
+                                      info="A depth model's estimator to use instead of the checkpoint's own.")
+            queue = gr.Markdown(queue_text(svc), elem_id="top-queue")
+        top: dict[str, Any] = {"model": model, "depth_model": depth_model}
+        with gr.Tabs(elem_id="tabs"):
+            with gr.Tab("img2img", id="img2img"):
+                generate.build_tab(svc, "img2img", top)
+            with gr.Tab("inpaint", id="inpaint"):
+                generate.build_tab(svc, "inpaint", top, inpaint=True)
+            with gr.Tab("depth", id="depth"):
+                depth_tab.build_tab(svc, top)
+
+        def do_refresh(current):
+            svc.registry.refresh()
+            choices = model_choices(svc)
+            value = current if current in svc.registry.entries else svc.registry.default
+            return gr.update(choices=choices, value=value), gr.update(choices=[(OWN_ESTIMATOR, "")] + choices)
+
+        refresh.click(do_refresh, model, [model, depth_model], queue=False)
+        gr.Timer(2.0).tick(lambda: queue_text(svc), None, queue, queue=False, show_progress="hidden")
+    return blocks
