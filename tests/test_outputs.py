@@ -69,19 +69,33 @@ def test_atomic_output_keeps_suffix_for_np_save(tmp_path: Path) -> None:
 
 
 def test_sixteen_threads_writing_one_target_leave_one_complete_file(tmp_path: Path) -> None:
+    """Writers that overlap in time (chunked writes with pauses, as a slow encoder would) never share a
+    temporary file: the target ends up as one writer's complete bytes and no temporaries are left."""
+    import time
+
     dest = tmp_path / "same.bin"
-    payloads = [bytes([i]) * 200_000 for i in range(16)]
+    payloads = [bytes([i]) * 64_000 for i in range(16)]
     barrier = threading.Barrier(16)
+
+    errors: list[BaseException] = []
 
     def write(data: bytes) -> None:
         barrier.wait()
-        outputs.atomic_write_bytes(dest, data)
+        try:
+            with outputs.atomic_output(dest) as tmp, open(tmp, "r+b") as handle:
+                for start in range(0, len(data), 16_000):
+                    handle.write(data[start:start + 16_000])
+                    handle.flush()
+                    time.sleep(0.002)
+        except BaseException as error:  # a thread's exception would otherwise vanish
+            errors.append(error)
 
     threads = [threading.Thread(target=write, args=(p,)) for p in payloads]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert errors == []  # every writer succeeded
     assert os.listdir(tmp_path) == ["same.bin"]  # no temporaries left behind
     assert dest.read_bytes() in payloads  # one writer's complete bytes, never a mix
 
