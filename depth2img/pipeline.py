@@ -93,6 +93,7 @@ class Pipeline:
         self.vae = _place(components.vae, self.device, self.dtype)
         self.text_encoder = _place(components.text_encoder, self.device, self.dtype)
         self.tokenizer = components.tokenizer
+        self.controlnet = None if components.controlnet is None else _place(components.controlnet, self.device, self.dtype)
         self.scheduler = components.scheduler  # its config is the base of every named sampler
         self.depth_estimator = components.depth_estimator
         if self.depth_estimator is not None:  # float32 always: DPT-Hybrid's BatchNorm (diffusers' comment)
@@ -144,7 +145,8 @@ class Pipeline:
         latent_size = (height // self.vae_scale_factor, width // self.vae_scale_factor)
 
         # 1. Depth: estimate on the image the model sees (or take the user's), adjust, normalise to [-1, 1].
-        depth = self.prepare_depth(image, plan.user_depth, latent_size, request, notes) if self.backend.uses_depth else None
+        depth_size = (height, width) if self.backend.depth_at_pixels else latent_size  # ControlNet: full size
+        depth = self.prepare_depth(image, plan.user_depth, depth_size, request, notes) if self.backend.uses_depth else None
         if plan.keeps_input:  # strength 0: the photo, unchanged (A1111); the depth is still reported
             assert image is not None
             pictures = [job.original.copy() if job is not None else image.copy() for _ in plan.seeds]
@@ -179,7 +181,7 @@ class Pipeline:
         #    sees eps = model(x, t).
         depth_cond = None if depth is None else depth.normalized.to(self.device, self.dtype).repeat(batch, 1, 1, 1)
         end_timestep = depth_end_timestep(timesteps, request.depth_end)
-        unet = self.backend.denoiser(self.unet, depth_cond, request, end_timestep)
+        unet = self.backend.denoiser(self.unet, depth_cond, request, end_timestep, timesteps=timesteps)
         model = CFGDenoiser(unet, cond, uncond, request.guidance_scale)
         latents = denoise(
             scheduler,
@@ -390,17 +392,19 @@ def load_pipeline(
     dtype: torch.dtype | str | None = None,
     depth_model: str | None = None,
     cache_dir: str | Path | None = None,
+    controlnet: str | Path | None = None,
 ) -> Pipeline:
     """Load ``model`` (built-in name, diffusers folder, checkpoint file, hub id, or Components).
 
     ``device`` defaults to cpu and ``dtype`` to float32 (diffusers' "highest precision" default);
     ``depth_model`` swaps in any transformers depth estimator (folder or hub id); ``cache_dir`` lets a
-    pickle ``.ckpt`` be converted once to a memory-mapped safetensors copy there (None: no cache).
+    pickle ``.ckpt`` be converted once to a memory-mapped safetensors copy there (None: no cache);
+    ``controlnet`` (built-in name, folder or single file) puts the depth through a ControlNet.
     """
     from .models.registry import load_components
 
     parsed = parse_dtype(dtype)
     components = model if isinstance(model, Components) else load_components(
-        model, dtype=parsed, depth_model=depth_model, cache_dir=cache_dir
+        model, dtype=parsed, depth_model=depth_model, cache_dir=cache_dir, controlnet=controlnet
     )
     return Pipeline(components, device=device, dtype=parsed)

@@ -35,6 +35,8 @@ class Components:
     source: str = ""  # path or hub id it came from
     model_hash: str | None = None  # A1111 short hash (sha256[:10] of the checkpoint file), when known
     depth_source: str = ""  # which depth estimator ("" = the model's own)
+    controlnet: Any | None = None  # diffusers ControlNetModel (models/controlnet.py); selects the ControlNet backend
+    controlnet_name: str = ""  # the ControlNet's infotext name (A1111: "file [hash]")
 
     @property
     def kind(self) -> ModelKind:

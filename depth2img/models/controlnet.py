@@ -1,0 +1,114 @@
+"""ControlNets: the built-in tiny ones, diffusers folders and A1111 single files, attached to Components.
+
+The tiny models follow diffusers' own fast tests for the ControlNet pipelines
+(tests/pipelines/controlnet/test_controlnet_img2img.py, ...sdxl_img2img.py): each part built right
+after ``torch.manual_seed(seed)``. A fresh ``ControlNetModel`` has zero-initialised output convolutions
+(the paper's "zero convolutions") and would change nothing; so does its hint encoder's last conv
+(``controlnet_cond_embedding.conv_out``), which would make the control image itself ignored. The tiny
+ones re-initialise all of them from a fixed seed, so both the ControlNet and the depth visibly steer the UNet.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ModelLoadError
+from .components import Components
+
+TINY_BASES = ("tiny-sd15",)
+TINY_CONTROLNETS = {"tiny-controlnet": "tiny-sd15"}  # name → the tiny base it fits
+
+# diffusers' test components (block_out_channels (4, 8), norm_num_groups 1): shared by UNet and ControlNet.
+_SD15_BLOCKS: dict[str, Any] = dict(
+    block_out_channels=(4, 8), layers_per_block=2, in_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), cross_attention_dim=32, norm_num_groups=1,
+)
+
+
+def tiny_base(name: str, *, seed: int = 0) -> Components:
+    """A tiny SD 1.5-style base (4-channel UNet, CLIP text encoder, VAE, DDIM) plus the tiny DPT estimator."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, DPTForDepthEstimation
+
+    from .tiny import _tiny_dpt_config, tiny_image_processor, tiny_tokenizer
+
+    if name not in TINY_BASES:
+        raise ModelLoadError(f"no tiny base '{name}'; built-in: {', '.join(TINY_BASES)}")
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(sample_size=32, out_channels=4, up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                                **_SD15_BLOCKS)
+    torch.manual_seed(seed)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False)
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(block_out_channels=[4, 8], in_channels=3, out_channels=3,
+                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                        latent_channels=4, norm_num_groups=2)
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=0, eos_token_id=2, hidden_size=32, intermediate_size=37, layer_norm_eps=1e-05,
+        num_attention_heads=4, num_hidden_layers=5, pad_token_id=1, vocab_size=1000)).eval()
+    torch.manual_seed(seed)
+    depth_estimator = DPTForDepthEstimation(_tiny_dpt_config()).eval()
+    return Components(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tiny_tokenizer(), scheduler=scheduler,
+                      depth_estimator=depth_estimator, feature_extractor=tiny_image_processor(32), name=name,
+                      source="built-in")
+
+
+def tiny_controlnet(name: str = "tiny-controlnet", *, seed: int = 0) -> Any:
+    """A tiny ControlNet matching its tiny base, zero convolutions (and the hint encoder's zero output conv)
+    re-initialised (std 0.1, bias 0.1; the hint conv std 5)."""
+    from diffusers import ControlNetModel
+
+    if name not in TINY_CONTROLNETS:
+        raise ModelLoadError(f"no tiny ControlNet '{name}'; built-in: {', '.join(TINY_CONTROLNETS)}")
+    torch.manual_seed(seed)
+    controlnet = ControlNetModel(conditioning_embedding_out_channels=(16, 32), **_SD15_BLOCKS)
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * 0.1)
+            conv.bias.fill_(0.1)
+        hint = controlnet.controlnet_cond_embedding.conv_out  # std 5: the depth must be felt through the tiny net
+        hint.weight.copy_(torch.randn(hint.weight.shape, generator=generator) * 5)
+        hint.bias.zero_()
+    return controlnet.eval()
+
+
+def load_controlnet(source: str | Path) -> tuple[Any, str]:
+    """``(ControlNetModel, name for the infotext)`` for a built-in name or a diffusers folder."""
+    text = str(source)
+    if text in TINY_CONTROLNETS:
+        return tiny_controlnet(text), text
+    path = Path(text).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        from diffusers import ControlNetModel
+
+        return ControlNetModel.from_pretrained(path, local_files_only=True).eval(), path.name
+    raise ModelLoadError(
+        f"no ControlNet '{text}': not a built-in name ({', '.join(TINY_CONTROLNETS)}) or a diffusers ControlNet folder")
+
+
+def attach_controlnet(components: Components, source: str | Path) -> Components:
+    """Load a ControlNet into ``components``, checking it fits the base's UNet."""
+    controlnet, name = load_controlnet(source)
+    check_controlnet(components, controlnet, name)
+    components.controlnet, components.controlnet_name = controlnet, name
+    return components
+
+
+def check_controlnet(components: Components, controlnet: Any, name: str) -> None:
+    """A ControlNet's residuals must have the UNet's skip-connection shapes and text width."""
+    unet, cn = components.unet.config, controlnet.config
+    for key in ("block_out_channels", "cross_attention_dim", "layers_per_block", "addition_embed_type"):
+        if _norm(unet.get(key)) != _norm(cn.get(key)):
+            raise ModelLoadError(
+                f"the ControlNet '{name}' does not fit '{components.name}': its {key} is {cn.get(key)}, the "
+                f"UNet's {unet.get(key)} (a ControlNet for another model family?)")
+
+
+def _norm(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
