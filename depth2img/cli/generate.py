@@ -15,7 +15,7 @@ import typer
 from ..request import GenerationRequest, flag
 from .handling import one_line_errors, say, warn
 from .loading import load, run_with_progress
-from .options import DepthModelOpt, DeviceOpt, DtypeOpt, ModelOpt, decode_inputs, request_options, to_request_fields
+from .options import ControlNetOpt, DepthModelOpt, DeviceOpt, DtypeOpt, ModelOpt, decode_inputs, request_options, to_request_fields
 
 GENERATE_FIELDS = (
     "image", "prompt", "negative_prompt", "strength", "steps", "guidance_scale", "seed", "scheduler", "batch_size",
@@ -35,6 +35,7 @@ def generate(
         typer.Option("--save-depth", help="Also write the depth used: .png = the estimate, 16-bit, white = near; .npy = the exact normalised map fed to the UNet."),
     ] = None,
     depth_model: DepthModelOpt = None,
+    controlnet: ControlNetOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
     *,
@@ -48,7 +49,7 @@ def generate(
     check_targets([Target("--out", tuple(paths))] + ([Target("--save-depth", (save_depth,), DEPTH_SUFFIXES)] if save_depth else []))
     request = request.replace(**decode_inputs(to_request_fields(fields))).validate(label=flag)
 
-    pipe = load(model, device, dtype, depth_model)
+    pipe = load(model, device, dtype, depth_model, controlnet)
     if save_depth is not None and not pipe.backend.uses_depth:
         from ..errors import InvalidRequestError
 
@@ -57,10 +58,10 @@ def generate(
     if request.seed in (None, -1):
         say(f"seed {result.seeds[0]}" + (f" (images use {result.seeds[0]}..{result.seeds[-1]})" if len(result.seeds) > 1 else ""))
     warn(result.warnings)
-    write_results(result, paths, save_depth)
+    write_results(result, paths, save_depth, control=pipe.backend.depth_at_pixels)
 
 
-def write_results(result: Any, paths: list[Path], save_depth: Path | None) -> None:
+def write_results(result: Any, paths: list[Path], save_depth: Path | None, *, control: bool = False) -> None:
     """Write every picture (and the depth), never losing one: a failed write falls back beside the target."""
     from ..outputs import save_image, save_or_fall_back
 
@@ -69,19 +70,23 @@ def write_results(result: Any, paths: list[Path], save_depth: Path | None) -> No
         warn([problem] if problem else [])
         say(f"wrote {written}")
     if save_depth is not None and result.depth_map is not None:
-        written, problem = save_or_fall_back(lambda p: write_depth(result.depth_map, p), save_depth)
+        written, problem = save_or_fall_back(lambda p: write_depth(result.depth_map, p, control=control), save_depth)
         warn([problem] if problem else [])
         say(f"wrote {written}")
 
 
-def write_depth(depth: Any, path: Path) -> None:
-    """.npy: the exact normalised map the UNet got; .png: the raw estimate, 16-bit, white = near."""
+def write_depth(depth: Any, path: Path, *, control: bool = False) -> None:
+    """.npy: the exact normalised map the UNet got; .png: the raw estimate, 16-bit, white = near.
+    ``control`` (ControlNet): the control image instead, at the output size ([0, 1] in .npy; 16-bit .png)."""
     from ..outputs import atomic_output, save_image
 
     if path.suffix.lower() == ".npy":
         import numpy as np
 
         with atomic_output(path) as tmp, open(tmp, "wb") as handle:
-            np.save(handle, depth.normalized[0, 0].cpu().numpy())
+            normalized = depth.normalized[0, 0].cpu().numpy()
+            np.save(handle, (normalized + 1) / 2 if control else normalized)
+    elif control:  # the ControlNet's image: normalised at full size in float32, quantised only here
+        save_image(depth.to_image("normalized", bits=16), path)
     else:
         save_image(depth.to_image("raw", bits=16), path)
