@@ -71,7 +71,7 @@ IMG2IMG_CASES = [
     ("ddim", 1, 0.8, 4, 7.5, 1.0, 0.0, 1.0, "balanced"),
     ("pndm", 2, 0.75, 5, 6.0, 1.0, 0.0, 1.0, "balanced"),
     ("dpmpp_2m", 1, 0.9, 4, 7.5, 1.7, 0.0, 1.0, "balanced"),
-    ("ddim", 1, 0.8, 5, 7.5, 1.0, 0.25, 0.75, "balanced"),
+    ("ddim", 1, 1.0, 6, 7.5, 1.0, 0.2, 0.6, "balanced"),  # 6 steps run: the ControlNet acts on step 2 only
     ("euler", 2, 1.0, 4, 7.5, 1.0, 0.0, 1.0, "controlnet"),
     ("ddim", 1, 0.8, 4, 1.0, 0.9, 0.0, 1.0, "controlnet"),  # guidance off: guess mode on the only batch
 ]
@@ -123,12 +123,12 @@ def test_prompt_mode_is_soft_injection_on_diffusers(sd15):
     controlnet.forward = soft
     try:
         expected = run_reference(reference, "ddim", seed=3, batch=1, image=picture, control_image=control_tensor(depth),
-                                 strength=0.9, num_inference_steps=4, guidance_scale=7.5,
-                                 controlnet_conditioning_scale=1.3)
+                                 strength=1.0, num_inference_steps=4, guidance_scale=7.5,
+                                 controlnet_conditioning_scale=2.0)
     finally:
         del controlnet.forward
-    got = run_ours(pipe, "ddim", seed=3, batch=1, image=picture, depth_map=depth, strength=0.9, steps=4,
-                   guidance_scale=7.5, control_weight=1.3, control_mode="prompt")
+    got = run_ours(pipe, "ddim", seed=3, batch=1, image=picture, depth_map=depth, strength=1.0, steps=4,
+                   guidance_scale=7.5, control_weight=2.0, control_mode="prompt")
     assert diff(got, expected) <= 1
 
 
@@ -151,6 +151,9 @@ def test_every_knob_changes_the_picture(sd15):
 def test_control_fields_are_refused_without_a_controlnet(tiny_pipe):
     with pytest.raises(InvalidRequestError, match="control_weight.*without a ControlNet"):
         tiny_pipe.generate(prompt="x", image=photo("astronaut", (32, 32)), steps=2, control_weight=0.5)
+    with pytest.raises(InvalidRequestError, match="control_mode.*without a ControlNet"):
+        load_pipeline("tiny-img2img").generate(prompt="x", image=photo("astronaut", (32, 32)), steps=2,
+                                               control_mode="prompt")
 
 
 def test_sd2_depth_controls_are_refused_with_a_controlnet(sd15):

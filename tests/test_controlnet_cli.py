@@ -12,7 +12,7 @@ from depth2img import load_pipeline
 from depth2img.cli import app
 from depth2img.infotext import parse_infotext, read_infotext
 
-from ._reference import corr
+from ._reference import corr, minmax_bicubic
 from .conftest import photo
 
 MODEL = ["--model", "tiny-sd15", "--controlnet", "tiny-controlnet"]
@@ -30,6 +30,8 @@ def files(tmp_path_factory):
     depth = np.sin(x / 6.0) + 0.8 * np.cos(y / 5.0) + 0.03 * x  # near = large
     unit = (depth - depth.min()) / (depth.max() - depth.min())
     Image.fromarray(np.round(unit * 65535).astype(np.uint16)).save(folder / "depth16.png")
+    small = unit[::2, ::2]  # 32x24: the ControlNet gets it bicubic-resized to the 64x48 output
+    Image.fromarray(np.round(small * 65535).astype(np.uint16)).save(folder / "depth16_small.png")
     return folder, unit
 
 
@@ -63,13 +65,15 @@ def test_defaults_are_a1111s(files):
 def test_saved_control_image_is_the_own_16_bit_map(files):
     folder, unit = files
     out, saved = folder / "own.png", folder / "control.png"
-    result = run("generate", *MODEL, "--image", str(folder / "in.png"), "--depth", str(folder / "depth16.png"),
+    small = np.asarray(Image.open(folder / "depth16_small.png")).astype(np.float64)
+    result = run("generate", *MODEL, "--image", str(folder / "in.png"), "--depth", str(folder / "depth16_small.png"),
                  "--steps", "2", "--seed", "2", "--out", str(out), "--save-depth", str(saved))
     assert result.exit_code == 0, result.output
     control = np.asarray(Image.open(saved)).astype(np.float64) / 65535
-    assert control.shape == (48, 64)  # full output size, not the latent's
+    assert control.shape == (48, 64)  # full output size, not the map's or the latent's
     assert corr(control, unit) > 0.99
-    assert np.abs(control - unit).max() < 2 / 65535  # normalised in float, quantised once
+    expected = (minmax_bicubic(small, (48, 64))[0, 0].numpy().astype(np.float64) + 1) / 2  # diffusers' resize
+    assert np.abs(control - expected).max() < 2 / 65535  # normalised in float, quantised once
 
 
 def test_control_options_are_refused_without_a_controlnet(files):
