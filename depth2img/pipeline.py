@@ -93,6 +93,8 @@ class Pipeline:
         self.vae = _place(components.vae, self.device, self.dtype)
         self.text_encoder = _place(components.text_encoder, self.device, self.dtype)
         self.tokenizer = components.tokenizer
+        self.text_encoder_2 = None if components.text_encoder_2 is None else _place(components.text_encoder_2, self.device, self.dtype)
+        self.tokenizer_2 = components.tokenizer_2  # SDXL's second text encoder (backends/sdxl_text.py)
         self.controlnet = None if components.controlnet is None else _place(components.controlnet, self.device, self.dtype)
         self.scheduler = components.scheduler  # its config is the base of every named sampler
         self.depth_estimator = components.depth_estimator
@@ -260,6 +262,8 @@ class Pipeline:
         *is* OpenCLIP's penultimate layer + ln_final, as the original "penultimate" embedder.
         """
         notes = [] if notes is None else notes
+        if self.text_encoder_2 is not None:  # SDXL: two encoders, pooled embeddings (backends/sdxl_text.py)
+            return encode_sdxl_prompt(self, prompt, negative_prompt, batch, guidance)
         cond = Conditioning(self._encode_text(prompt, "prompt", notes)).repeat(batch)
         uncond = Conditioning(self._encode_text(negative_prompt, "negative prompt", notes)).repeat(batch) if guidance else None
         return cond, uncond
@@ -357,6 +361,17 @@ class Pipeline:
             "Version": f"depth2img {__version__}",
         }
         return build_infotext(request.prompt, request.negative_prompt, params)
+
+
+def encode_sdxl_prompt(pipe: Pipeline, prompt: str, negative: str, batch: int, guidance: bool
+                       ) -> tuple[Conditioning, Conditioning | None]:
+    from .backends.sdxl_text import encode_sdxl_text
+
+    def encode(text: str) -> Conditioning:
+        return encode_sdxl_text([pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder, pipe.text_encoder_2], text,
+                                pipe.device, pipe.dtype).repeat(batch)
+
+    return encode(prompt), encode(negative) if guidance else None
 
 
 def truncation_note(tokenizer: Any, ids: torch.Tensor, what: str) -> str:

@@ -166,3 +166,28 @@ def test_start_must_be_below_end():
 
     with pytest.raises(InvalidRequestError, match="control_start 0.6 must be below control_end 0.4"):
         GenerationRequest(depth_map="d.png", control_start=0.6, control_end=0.4).validate()
+
+
+@pytest.mark.parametrize("batch,strength,weight,end,mode", [
+    (1, 0.8, 1.0, 1.0, "balanced"), (2, 0.9, 1.5, 0.5, "balanced"), (1, 1.0, 1.0, 1.0, "controlnet")])
+def test_sdxl_img2img_matches_diffusers(batch, strength, weight, end, mode):
+    from diffusers import StableDiffusionXLControlNetImg2ImgPipeline
+
+    pipe = load_pipeline("tiny-sdxl", controlnet="tiny-controlnet-sdxl")
+    reference = StableDiffusionXLControlNetImg2ImgPipeline(
+        vae=pipe.vae, text_encoder=pipe.text_encoder, text_encoder_2=pipe.text_encoder_2, tokenizer=pipe.tokenizer,
+        tokenizer_2=pipe.tokenizer_2, unet=pipe.unet, controlnet=pipe.controlnet, scheduler=pipe.scheduler)
+    reference.set_progress_bar_config(disable=True)
+    picture, depth = photo("chelsea", (64, 48)), depth_ramp(64, 48)
+    expected = run_reference(reference, "euler", seed=6, batch=batch, image=picture, control_image=control_tensor(depth),
+                             negative_prompt="", strength=strength, num_inference_steps=4, guidance_scale=5.0,
+                             controlnet_conditioning_scale=weight, control_guidance_end=end,
+                             guess_mode=mode == "controlnet")
+    got = run_ours(pipe, "euler", seed=6, batch=batch, image=picture, depth_map=depth, strength=strength, steps=4,
+                   guidance_scale=5.0, control_weight=weight, control_end=end, control_mode=mode)
+    assert got.shape == expected.shape
+    assert diff(got, expected) <= 1
+    if batch == 1 and mode == "balanced":  # the ControlNet acts: weight 0 gives another picture
+        off = run_ours(pipe, "euler", seed=6, batch=1, image=picture, depth_map=depth, strength=strength, steps=4,
+                       guidance_scale=5.0, control_weight=0.0)
+        assert diff(off, got) > 1

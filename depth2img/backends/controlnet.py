@@ -19,6 +19,7 @@ from .. import a1111
 from ..errors import InvalidRequestError
 from ..request import DEFAULTS, GenerationRequest
 from .base import Backend, Conditioning, Denoiser, unet_call
+from .sdxl_text import sdxl_time_ids
 
 SOFT_INJECTION_BASE = 0.825  # sd-webui-controlnet's soft-injection ramp: weight * 0.825 ** (12 - i)
 
@@ -107,6 +108,10 @@ class ControlNetDenoiser:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         step, self.step = self.step, self.step + 1
+        if "text_embeds" in cond.added and "time_ids" not in cond.added:  # SDXL: the size conditioning
+            height, width = self.control.shape[-2:]
+            time_ids = sdxl_time_ids(height, width, x.shape[0], x.device, cond.added["text_embeds"].dtype)
+            cond = Conditioning(cond.text, {**cond.added, "time_ids": time_ids})
         scale = self.weight * self.keep[min(step, len(self.keep) - 1)]
         if scale == 0:  # zero residuals add exactly nothing: skip the ControlNet
             return unet_call(self.unet, x, t, cond)

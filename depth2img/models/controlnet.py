@@ -18,13 +18,20 @@ import torch
 from ..errors import ModelLoadError
 from .components import Components
 
-TINY_BASES = ("tiny-sd15",)
-TINY_CONTROLNETS = {"tiny-controlnet": "tiny-sd15"}  # name → the tiny base it fits
+TINY_BASES = ("tiny-sd15", "tiny-sdxl")
+TINY_CONTROLNETS = {"tiny-controlnet": "tiny-sd15", "tiny-controlnet-sdxl": "tiny-sdxl"}  # name → the tiny base it fits
 
 # diffusers' test components (block_out_channels (4, 8), norm_num_groups 1): shared by UNet and ControlNet.
 _SD15_BLOCKS: dict[str, Any] = dict(
     block_out_channels=(4, 8), layers_per_block=2, in_channels=4,
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), cross_attention_dim=32, norm_num_groups=1,
+)
+# diffusers' SDXL ControlNet test components: text_time embedding, two 32-dim text encoders → 64.
+_SDXL_BLOCKS: dict[str, Any] = dict(
+    block_out_channels=(32, 64), layers_per_block=2, in_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), attention_head_dim=(2, 4), use_linear_projection=True,
+    addition_embed_type="text_time", addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+    projection_class_embeddings_input_dim=80, cross_attention_dim=64,
 )
 
 
@@ -37,6 +44,8 @@ def tiny_base(name: str, *, seed: int = 0) -> Components:
 
     if name not in TINY_BASES:
         raise ModelLoadError(f"no tiny base '{name}'; built-in: {', '.join(TINY_BASES)}")
+    if name == "tiny-sdxl":
+        return _tiny_sdxl(seed)
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(sample_size=32, out_channels=4, up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
                                 **_SD15_BLOCKS)
@@ -58,6 +67,35 @@ def tiny_base(name: str, *, seed: int = 0) -> Components:
                       source="built-in")
 
 
+def _tiny_sdxl(seed: int) -> Components:
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, DPTForDepthEstimation
+
+    from .tiny import _tiny_dpt_config, tiny_image_processor, tiny_tokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(sample_size=32, out_channels=4, up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                                **_SDXL_BLOCKS)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, steps_offset=1,
+                                       beta_schedule="scaled_linear", timestep_spacing="leading")
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3,
+                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                        latent_channels=4, sample_size=128)
+    config = CLIPTextConfig(bos_token_id=0, eos_token_id=2, hidden_size=32, intermediate_size=37, layer_norm_eps=1e-05,
+                            num_attention_heads=4, num_hidden_layers=5, pad_token_id=1, vocab_size=1000,
+                            hidden_act="gelu", projection_dim=32)
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(config).eval()
+    torch.manual_seed(seed)
+    text_encoder_2 = CLIPTextModelWithProjection(config).eval()
+    torch.manual_seed(seed)
+    depth_estimator = DPTForDepthEstimation(_tiny_dpt_config()).eval()
+    return Components(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tiny_tokenizer(), scheduler=scheduler,
+                      depth_estimator=depth_estimator, feature_extractor=tiny_image_processor(32), name="tiny-sdxl",
+                      source="built-in", text_encoder_2=text_encoder_2, tokenizer_2=tiny_tokenizer())
+
+
 def tiny_controlnet(name: str = "tiny-controlnet", *, seed: int = 0) -> Any:
     """A tiny ControlNet matching its tiny base, zero convolutions (and the hint encoder's zero output conv)
     re-initialised (std 0.1, bias 0.1; the hint conv std 5)."""
@@ -66,7 +104,8 @@ def tiny_controlnet(name: str = "tiny-controlnet", *, seed: int = 0) -> Any:
     if name not in TINY_CONTROLNETS:
         raise ModelLoadError(f"no tiny ControlNet '{name}'; built-in: {', '.join(TINY_CONTROLNETS)}")
     torch.manual_seed(seed)
-    controlnet = ControlNetModel(conditioning_embedding_out_channels=(16, 32), **_SD15_BLOCKS)
+    blocks = _SDXL_BLOCKS if TINY_CONTROLNETS[name] == "tiny-sdxl" else _SD15_BLOCKS
+    controlnet = ControlNetModel(conditioning_embedding_out_channels=(16, 32), **blocks)
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
