@@ -127,8 +127,72 @@ def load_controlnet(source: str | Path) -> tuple[Any, str]:
         from diffusers import ControlNetModel
 
         return ControlNetModel.from_pretrained(path, local_files_only=True).eval(), path.name
+    if path.is_file():
+        return load_controlnet_file(path), _file_name(path)
     raise ModelLoadError(
-        f"no ControlNet '{text}': not a built-in name ({', '.join(TINY_CONTROLNETS)}) or a diffusers ControlNet folder")
+        f"no ControlNet '{text}': not a built-in name ({', '.join(TINY_CONTROLNETS)}), a diffusers ControlNet folder "
+        "or a .pth/.safetensors file")
+
+
+LDM_PREFIX = "control_model."  # A1111 / original ControlNet files
+
+
+def controlnet_layout(keys: Any) -> tuple[str, bool]:
+    """``(layout, sdxl)`` from a state dict's keys: "ldm" (``control_model.*`` / bare ``time_embed``) or
+    "diffusers"; SDXL by its added (size/pooled) embedding. Raises for files that are no ControlNet."""
+    keys = set(keys)
+    if "controlnet_cond_embedding.conv_in.weight" in keys:
+        return "diffusers", "add_embedding.linear_1.weight" in keys
+    bare = {k.removeprefix(LDM_PREFIX) for k in keys}
+    if "time_embed.0.weight" in bare and "input_hint_block.0.weight" in bare:
+        return "ldm", "label_emb.0.0.weight" in bare
+    raise ModelLoadError("not a ControlNet: neither control_model.* (A1111) nor diffusers ControlNet keys")
+
+
+def load_controlnet_file(path: Path) -> Any:
+    """A single-file ControlNet, offline and strictly: read by the safe loader (no pickle code runs),
+    layout detected by keys, config from a ``<file>.json`` beside it or the one shipped for SD 1.5,
+    LDM keys converted with diffusers' own table, every key used."""
+    from diffusers import ControlNetModel
+    from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
+
+    from .safe_load import load_state_dict
+
+    sd = load_state_dict(path)
+    layout, sdxl = controlnet_layout(sd)
+    config = _controlnet_config(path, sdxl)
+    if layout == "ldm":
+        sd = convert_controlnet_checkpoint({k if k.startswith(LDM_PREFIX) else LDM_PREFIX + k: v for k, v in sd.items()},
+                                           config)
+    model = ControlNetModel.from_config(config)
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as error:
+        raise ModelLoadError(f"ControlNet '{path.name}' does not match its config: {str(error).splitlines()[0]}") from None
+    return model.eval()
+
+
+def _controlnet_config(path: Path, sdxl: bool) -> dict[str, Any]:
+    import json
+    from importlib import resources
+
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_file():
+        return json.loads(sidecar.read_text())
+    if sdxl:
+        raise ModelLoadError(f"'{path.name}' is an SDXL ControlNet: put its diffusers config.json beside it as "
+                             f"{sidecar.name} (shipped SDXL configs are not there yet)")
+    return json.loads((resources.files("depth2img") / "data" / "controlnet" / "sd15.json").read_text())
+
+
+def _file_name(path: Path) -> str:
+    """A1111's ControlNet model name: the file's stem and its short (old, 8-hex) hash."""
+    import hashlib
+
+    with open(path, "rb") as handle:
+        handle.seek(0x100000)
+        digest = hashlib.sha256(handle.read(0x10000)).hexdigest()[:8]
+    return f"{path.stem} [{digest}]"
 
 
 def attach_controlnet(components: Components, source: str | Path) -> Components:
