@@ -19,6 +19,7 @@ SchedulerName = Literal["pndm", "ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2
 ResizeMode = Literal["just_resize", "crop_and_resize", "resize_and_fill"]
 MaskedContent = Literal["original", "fill", "latent_noise", "latent_nothing"]
 InpaintArea = Literal["whole", "only_masked"]
+ControlMode = Literal["balanced", "prompt", "controlnet"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,53 @@ INPAINT_AREAS: dict[str, tuple[bool, str]] = {
 # Mask mode: API ``inpainting_mask_invert`` code and the infotext spelling.
 MASK_MODES: dict[bool, tuple[int, str]] = {False: (0, "Inpaint masked"), True: (1, "Inpaint not masked")}
 
+# -- sd-webui-controlnet (Mikubill/sd-webui-controlnet @56cec5b: scripts/enums.py, internal_controlnet/
+# external_code.py, infotext.py). Its unit fields are written as one quoted infotext entry per unit.
+
+# Control mode: the unit's integer code (API ``control_mode`` also takes the label) and its label.
+CONTROL_MODES: dict[str, tuple[int, str]] = {
+    "balanced": (0, "Balanced"),
+    "prompt": (1, "My prompt is more important"),
+    "controlnet": (2, "ControlNet is more important"),
+}
+# The extension's resize-mode labels (its own capitalisation, unlike img2img's RESIZE_MODES).
+CONTROLNET_RESIZE_MODES: dict[str, str] = {
+    "just_resize": "Just Resize",
+    "crop_and_resize": "Crop and Resize",
+    "resize_and_fill": "Resize and Fill",
+}
+CONTROLNET_DEPTH_MODULE = "depth_midas"  # the label of the extension's MiDaS depth preprocessor
+CONTROLNET_NO_MODULE = "none"  # the control image is used as given (an own depth map)
+CONTROLNET_UNIT_KEY = "ControlNet {index}"  # infotext key of unit ``index``
+# The unit's fields in the order the extension serialises them ("Module: depth_midas, Model: ...").
+CONTROLNET_UNIT_FIELDS: tuple[str, ...] = (
+    "Module", "Model", "Weight", "Resize Mode", "Processor Res", "Threshold A", "Threshold B",
+    "Guidance Start", "Guidance End", "Pixel Perfect", "Control Mode",
+)
+
+
+def controlnet_unit_text(fields: dict[str, object]) -> str:
+    """One unit's infotext value as the extension writes it: ``Key: value`` joined by ", "; whole floats
+    without ".0" (``Weight: 1``), booleans as ``True``/``False``; None values are left out."""
+    def show(value: object) -> str:
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return str(value)
+
+    return ", ".join(f"{key}: {show(fields[key])}" for key in CONTROLNET_UNIT_FIELDS
+                     if key in fields and fields[key] is not None)
+
+
+def parse_controlnet_unit(text: str) -> dict[str, str]:
+    """Inverse of :func:`controlnet_unit_text` (values as text); the extension's own parser splits the same way."""
+    out: dict[str, str] = {}
+    for part in text.split(", "):
+        key, sep, value = part.partition(": ")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
 # The infotext keys depth2img writes itself, in A1111's order. ``GenerationRequest.extra`` may add
 # keys but never one of these (it cannot rewrite the seed or the steps a picture was made with).
 INFOTEXT_KEYS: tuple[str, ...] = (
@@ -73,6 +121,7 @@ INFOTEXT_KEYS: tuple[str, ...] = (
     "Mask blur", "Inpaint area", "Masked area padding", "Masked content", "Mask mode",
     "Depth invert", "Depth clip", "Depth strength", "Depth end",
     "Styles",  # not written by A1111 (it stores the styled prompt only); kept so the names survive a paste
+    CONTROLNET_UNIT_KEY.format(index=0),
     "Version",
 )
 RESERVED_INFOTEXT_KEYS: tuple[str, ...] = ("Prompt", "Negative prompt", *INFOTEXT_KEYS)

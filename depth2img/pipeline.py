@@ -95,6 +95,9 @@ class Pipeline:
         self.vae = _place(components.vae, self.device, self.dtype)
         self.text_encoder = _place(components.text_encoder, self.device, self.dtype)
         self.tokenizer = components.tokenizer
+        self.text_encoder_2 = None if components.text_encoder_2 is None else _place(components.text_encoder_2, self.device, self.dtype)
+        self.tokenizer_2 = components.tokenizer_2  # SDXL's second text encoder (backends/sdxl_text.py)
+        self.controlnet = None if components.controlnet is None else _place(components.controlnet, self.device, self.dtype)
         self.scheduler = components.scheduler  # its config is the base of every named sampler
         self.depth_estimator = components.depth_estimator
         if self.depth_estimator is not None:  # float32 always: DPT-Hybrid's BatchNorm (diffusers' comment)
@@ -151,7 +154,8 @@ class Pipeline:
         latent_size = (height // self.vae_scale_factor, width // self.vae_scale_factor)
 
         # 1. Depth: estimate on the image the model sees (or take the user's), adjust, normalise to [-1, 1].
-        depth = self.prepare_depth(image, plan.user_depth, latent_size, request, notes) if self.backend.uses_depth else None
+        depth_size = (height, width) if self.backend.depth_at_pixels else latent_size  # ControlNet: full size
+        depth = self.prepare_depth(image, plan.user_depth, depth_size, request, notes) if self.backend.uses_depth else None
         if plan.keeps_input:  # strength 0: the photo, unchanged (A1111); the depth is still reported
             assert image is not None
             pictures = [job.original.copy() if job is not None else image.copy() for _ in plan.seeds]
@@ -186,7 +190,7 @@ class Pipeline:
         #    sees eps = model(x, t).
         depth_cond = None if depth is None else depth.normalized.to(self.device, self.dtype).repeat(batch, 1, 1, 1)
         end_timestep = depth_end_timestep(timesteps, request.depth_end)
-        unet = self.backend.denoiser(self.unet, depth_cond, request, end_timestep)
+        unet = self.backend.denoiser(self.unet, depth_cond, request, end_timestep, timesteps=timesteps)
         model = CFGDenoiser(unet, cond, uncond, request.guidance_scale)
         latents = denoise(
             scheduler,
@@ -265,6 +269,8 @@ class Pipeline:
         *is* OpenCLIP's penultimate layer + ln_final, as the original "penultimate" embedder.
         """
         notes = [] if notes is None else notes
+        if self.text_encoder_2 is not None:  # SDXL: two encoders, pooled embeddings (backends/sdxl_text.py)
+            return encode_sdxl_prompt(self, prompt, negative_prompt, batch, guidance)
         text = self._encode_text(prompt, "prompt", notes)
         negative = self._encode_text(negative_prompt, "negative prompt", notes) if guidance else None
         if negative is not None and negative.shape[1] != text.shape[1]:  # A1111 chunks: pad with the empty prompt
@@ -380,6 +386,17 @@ class Pipeline:
         return build_infotext(request.prompt, request.negative_prompt, params)
 
 
+def encode_sdxl_prompt(pipe: Pipeline, prompt: str, negative: str, batch: int, guidance: bool
+                       ) -> tuple[Conditioning, Conditioning | None]:
+    from .backends.sdxl_text import encode_sdxl_text
+
+    def encode(text: str) -> Conditioning:
+        return encode_sdxl_text([pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder, pipe.text_encoder_2], text,
+                                pipe.device, pipe.dtype).repeat(batch)
+
+    return encode(prompt), encode(negative) if guidance else None
+
+
 def truncation_note(tokenizer: Any, ids: torch.Tensor, what: str) -> str:
     """One short line: how long the prompt is, how much the text encoder reads, the first words dropped."""
     limit = tokenizer.model_max_length
@@ -414,6 +431,7 @@ def load_pipeline(
     depth_model: str | None = None,
     cache_dir: str | Path | None = None,
     styles_file: str | Path | None = None,
+    controlnet: str | Path | None = None,
 ) -> Pipeline:
     """Load ``model`` (built-in name, diffusers folder, checkpoint file, hub id, or Components).
 
@@ -421,12 +439,13 @@ def load_pipeline(
     ``depth_model`` swaps in any transformers depth estimator (folder or hub id); ``cache_dir`` lets a
     pickle ``.ckpt`` be converted once to a memory-mapped safetensors copy there (None: no cache);
     ``styles_file`` is an A1111 ``styles.csv`` whose names ``request.styles`` may use.
+    ``controlnet`` (built-in name, folder or single file) puts the depth through a ControlNet.
     """
     from .models.registry import load_components
 
     parsed = parse_dtype(dtype)
     components = model if isinstance(model, Components) else load_components(
-        model, dtype=parsed, depth_model=depth_model, cache_dir=cache_dir
+        model, dtype=parsed, depth_model=depth_model, cache_dir=cache_dir, controlnet=controlnet
     )
     pipe = Pipeline(components, device=device, dtype=parsed)
     pipe.styles = load_styles(styles_file) if styles_file is not None else None

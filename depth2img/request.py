@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union, get_args
 
 from . import a1111
-from .a1111 import InpaintArea, MaskedContent, ResizeMode, SchedulerName
+from .a1111 import ControlMode, InpaintArea, MaskedContent, ResizeMode, SchedulerName
 from .errors import InvalidRequestError
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ RESIZE_MODES: tuple[str, ...] = get_args(ResizeMode)
 MASKED_CONTENTS: tuple[str, ...] = get_args(MaskedContent)
 INPAINT_AREAS: tuple[str, ...] = get_args(InpaintArea)
 SCHEDULER_NAMES: tuple[str, ...] = get_args(SchedulerName)
+CONTROL_MODE_NAMES: tuple[str, ...] = get_args(ControlMode)
 
 # An image is a PIL image, an HWC uint8/float array, a path, or encoded bytes; a depth map may also
 # be an (H, W) array/tensor. Decoding (and its safety checks) happens in images.py / depth.py.
@@ -136,6 +137,16 @@ class GenerationRequest:
                                   low=0.0, high=1.0, group="depth")
     depth_end: float = param(1.0, "float", "Fraction of the steps that get the depth; a flat map after.",
                              low=0.0, high=1.0, group="depth")
+    # ControlNet (models loaded with a ControlNet only; A1111's unit knobs and defaults, not diffusers').
+    control_weight: float = param(1.0, "float", "ControlNet weight (A1111's default 1; diffusers' img2img uses 0.8).",
+                                  low=0.0, high=2.0, group="controlnet")
+    control_start: float = param(0.0, "float", "Fraction of the steps that run before the ControlNet starts.",
+                                 low=0.0, high=1.0, group="controlnet")
+    control_end: float = param(1.0, "float", "Fraction of the steps that run after which the ControlNet stops.",
+                               low=0.0, high=1.0, group="controlnet")
+    control_mode: ControlMode = param(
+        "balanced", "choice", "balanced; prompt (my prompt is more important: soft injection); controlnet "
+        "(ControlNet is more important: diffusers' guess mode).", choices=CONTROL_MODE_NAMES, group="controlnet")
     extra: dict[str, Any] = field(default_factory=dict, metadata={"param": Param(
         "extra", "Free-form infotext entries (A1111 keys; cannot override depth2img's own).", cli=False)})
 
@@ -173,6 +184,9 @@ class GenerationRequest:
         if self.depth_clip[0] >= self.depth_clip[1]:
             raise InvalidRequestError(
                 f"{name('depth_clip')} far percentile must be below near, got {tuple(self.depth_clip)}")
+        if self.control_start >= self.control_end:
+            raise InvalidRequestError(
+                f"{name('control_start')} {self.control_start:g} must be below {name('control_end')} {self.control_end:g}")
         if self.image is not None and 0 < self.strength and int(self.steps * self.strength) == 0:
             raise InvalidRequestError(
                 f"{name('strength')} {self.strength:g} with {self.steps} {name('steps')} runs no denoising step; "
@@ -194,9 +208,15 @@ class GenerationRequest:
         """True when no depth control is set, so the reference path runs untouched."""
         return all(getattr(self, f) == DEFAULTS[f] for f in DEPTH_CONTROLS) and tuple(self.depth_clip) == PERCENTILES
 
+    @property
+    def changed_control_options(self) -> list[str]:
+        """The ControlNet fields set to something else than their default (refused without a ControlNet)."""
+        return [f for f in CONTROL_OPTIONS if getattr(self, f) != DEFAULTS[f]]
+
 
 INPAINT_OPTIONS: tuple[str, ...] = ("mask_blur", "masked_content", "inpaint_area", "padding", "invert_mask")
 DEPTH_CONTROLS: tuple[str, ...] = ("invert_depth", "depth_clip", "depth_strength", "depth_end")
+CONTROL_OPTIONS: tuple[str, ...] = ("control_weight", "control_start", "control_end", "control_mode")
 
 
 def resolve_seeds(seed: int | None, batch: int) -> list[int]:

@@ -86,7 +86,8 @@ def test_a1111_codes_match_the_documented_api():
 
 # Strings only the A1111 table may spell: a second copy elsewhere is a second source of truth.
 A1111_SPELLINGS = ["Crop and resize", "Resize and fill", "latent nothing", "latent noise", "Inpaint not masked",
-                   "Whole picture", "Only masked", "DPM++ 2M", "Euler a", "PLMS"]
+                   "Whole picture", "Only masked", "DPM++ 2M", "Euler a", "PLMS", "My prompt is more important",
+                   "ControlNet is more important", "Crop and Resize", "depth_midas"]
 
 
 def test_no_other_module_spells_a1111_names_or_codes():

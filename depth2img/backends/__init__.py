@@ -12,14 +12,18 @@ from typing import Any
 
 from ..errors import ModelLoadError
 from .base import Backend, Conditioning, Denoiser, unet_call
+from .controlnet import ControlNetBackend
 from .sd_depth import SDDepthBackend
 from .sd_img2img import SDImg2ImgBackend
 
-__all__ = ["Backend", "Conditioning", "Denoiser", "SDDepthBackend", "SDImg2ImgBackend", "select_backend", "unet_call"]
+__all__ = ["Backend", "Conditioning", "ControlNetBackend", "Denoiser", "SDDepthBackend", "SDImg2ImgBackend", "select_backend", "unet_call"]
 
 
 def select_backend(components: Any) -> Backend:
     """The backend for checked components (see models.components.check_components)."""
+    if getattr(components, "controlnet", None) is not None:
+        sdxl = components.unet.config.get("addition_embed_type") == "text_time"
+        return ControlNetBackend(components.controlnet, sdxl=sdxl, controlnet_name=components.controlnet_name)
     extra = components.unet.config.in_channels - components.vae.config.latent_channels
     if extra == 1:
         return SDDepthBackend()

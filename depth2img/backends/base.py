@@ -55,9 +55,15 @@ class Conditioning:
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor]  # eps = model(x, t, cond)
 
 
-def unet_call(unet: Any, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-    """The diffusers UNet call for any family: extras go to ``added_cond_kwargs`` (SDXL), none for SD1/SD2."""
+def unet_call(
+    unet: Any, x: torch.Tensor, t: torch.Tensor, cond: Conditioning,
+    residuals: tuple[list[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The diffusers UNet call for any family: extras go to ``added_cond_kwargs`` (SDXL), none for SD1/SD2.
+    ``residuals`` (down, mid): a ControlNet's, added to the UNet's skip connections and middle block."""
     kwargs: dict[str, Any] = {"added_cond_kwargs": cond.added} if cond.added else {}
+    if residuals is not None:
+        kwargs["down_block_additional_residuals"], kwargs["mid_block_additional_residual"] = residuals
     return unet(x, t, encoder_hidden_states=cond.text, return_dict=False, **kwargs)[0]
 
 
@@ -68,14 +74,27 @@ class Backend:
     kind: ClassVar[str]  # "depth" or "img2img": what `depth2img models` and the sweep call it
     uses_depth: ClassVar[bool]  # whether a depth map is computed and fed to the model
     label: ClassVar[str]  # shown in grids: "depth2img" / "img2img"
+    depth_at_pixels: ClassVar[bool] = False  # the depth is normalised at the output size (ControlNet), not the latent's
 
     def check_inputs(self, request: GenerationRequest, *, model: str, has_estimator: bool) -> None:
         """Raise :class:`~depth2img.errors.InvalidRequestError` for a field this family cannot honour."""
 
     def denoiser(
-        self, unet: Any, depth: torch.Tensor | None, request: GenerationRequest, end_timestep: float | None
+        self, unet: Any, depth: torch.Tensor | None, request: GenerationRequest, end_timestep: float | None,
+        timesteps: torch.Tensor | None = None,
     ) -> Denoiser:
+        """``timesteps``: the steps that actually run (after strength truncation)."""
         raise NotImplementedError
 
     def infotext(self, request: GenerationRequest, *, own_depth: bool, depth_source: str) -> dict[str, object]:
         return {}
+
+
+def refuse_control_options(request: GenerationRequest, model: str) -> None:
+    """For families without a ControlNet: ControlNet fields set to anything but their default are refused."""
+    from ..errors import InvalidRequestError
+
+    changed = request.changed_control_options
+    if changed:
+        raise InvalidRequestError(
+            f"{changed[0]} was given, but '{model}' was loaded without a ControlNet (load one with --controlnet)")

@@ -12,7 +12,7 @@ import torch
 
 from ..errors import InvalidRequestError
 from ..request import GenerationRequest
-from .base import Backend, Conditioning, Denoiser, unet_call
+from .base import Backend, Conditioning, Denoiser, refuse_control_options, unet_call
 
 
 class SDDepthBackend(Backend):
@@ -22,6 +22,7 @@ class SDDepthBackend(Backend):
     label = "depth2img"
 
     def check_inputs(self, request: GenerationRequest, *, model: str, has_estimator: bool) -> None:
+        refuse_control_options(request, model)
         if request.depth_map is None and not has_estimator:
             raise InvalidRequestError(
                 f"'{model}' is a depth model without a depth estimator: give a depth map or a depth model "
@@ -29,7 +30,8 @@ class SDDepthBackend(Backend):
             )
 
     def denoiser(
-        self, unet: Any, depth: torch.Tensor | None, request: GenerationRequest, end_timestep: float | None
+        self, unet: Any, depth: torch.Tensor | None, request: GenerationRequest, end_timestep: float | None,
+        timesteps: torch.Tensor | None = None,
     ) -> Denoiser:
         return DepthConcat(unet, depth, strength=request.depth_strength, end_timestep=end_timestep)
 

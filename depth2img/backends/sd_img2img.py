@@ -10,7 +10,7 @@ import torch
 
 from ..errors import InvalidRequestError
 from ..request import GenerationRequest
-from .base import Backend, Denoiser, unet_call
+from .base import Backend, Denoiser, refuse_control_options, unet_call
 
 
 class SDImg2ImgBackend(Backend):
@@ -20,6 +20,7 @@ class SDImg2ImgBackend(Backend):
     label = "img2img"
 
     def check_inputs(self, request: GenerationRequest, *, model: str, has_estimator: bool) -> None:
+        refuse_control_options(request, model)
         if request.depth_map is not None:
             raise InvalidRequestError(f"a depth map was given, but '{model}' is a plain img2img model (no depth input)")
         if request.image is None:
@@ -28,6 +29,7 @@ class SDImg2ImgBackend(Backend):
             raise InvalidRequestError(f"depth controls were given, but '{model}' is a plain img2img model")
 
     def denoiser(
-        self, unet: Any, depth: torch.Tensor | None, request: GenerationRequest, end_timestep: float | None
+        self, unet: Any, depth: torch.Tensor | None, request: GenerationRequest, end_timestep: float | None,
+        timesteps: torch.Tensor | None = None,
     ) -> Denoiser:
         return partial(unet_call, unet)

@@ -15,12 +15,13 @@ import typer
 from ..request import GenerationRequest, flag
 from .handling import one_line_errors, say, warn
 from .loading import load, run_with_progress
-from .options import DepthModelOpt, DeviceOpt, DtypeOpt, ModelOpt, decode_inputs, request_options, to_request_fields
+from .options import ControlNetOpt, DepthModelOpt, DeviceOpt, DtypeOpt, ModelOpt, decode_inputs, request_options, to_request_fields
 
 GENERATE_FIELDS = (
     "image", "prompt", "negative_prompt", "styles", "strength", "steps", "guidance_scale", "seed", "scheduler", "batch_size",
     "width", "height", "resize_mode", "depth_map", "eta", "mask", "mask_blur", "masked_content", "inpaint_area",
     "padding", "invert_mask", "invert_depth", "depth_clip", "depth_strength", "depth_end",
+    "control_weight", "control_start", "control_end", "control_mode",
 )
 
 
@@ -35,6 +36,7 @@ def generate(
     ] = None,
     depth_model: DepthModelOpt = None,
     styles_file: Annotated[Optional[Path], typer.Option("--styles-file", help="A1111 styles.csv (name, prompt, negative_prompt) for --style.")] = None,
+    controlnet: ControlNetOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
     *,
@@ -52,7 +54,7 @@ def generate(
     styles = load_styles(styles_file) if styles_file is not None else None
     apply_styles(request.prompt, request.negative_prompt, request.styles, styles)  # an unknown --style fails before loading
 
-    pipe = load(model, device, dtype, depth_model)
+    pipe = load(model, device, dtype, depth_model, controlnet)
     pipe.styles = styles
     if save_depth is not None and not pipe.backend.uses_depth:
         from ..errors import InvalidRequestError
@@ -62,10 +64,10 @@ def generate(
     if request.seed in (None, -1):
         say(f"seed {result.seeds[0]}" + (f" (images use {result.seeds[0]}..{result.seeds[-1]})" if len(result.seeds) > 1 else ""))
     warn(result.warnings)
-    write_results(result, paths, save_depth)
+    write_results(result, paths, save_depth, control=pipe.backend.depth_at_pixels)
 
 
-def write_results(result: Any, paths: list[Path], save_depth: Path | None) -> None:
+def write_results(result: Any, paths: list[Path], save_depth: Path | None, *, control: bool = False) -> None:
     """Write every picture (and the depth), never losing one: a failed write falls back beside the target."""
     from ..outputs import save_image, save_or_fall_back
 
@@ -74,19 +76,23 @@ def write_results(result: Any, paths: list[Path], save_depth: Path | None) -> No
         warn([problem] if problem else [])
         say(f"wrote {written}")
     if save_depth is not None and result.depth_map is not None:
-        written, problem = save_or_fall_back(lambda p: write_depth(result.depth_map, p), save_depth)
+        written, problem = save_or_fall_back(lambda p: write_depth(result.depth_map, p, control=control), save_depth)
         warn([problem] if problem else [])
         say(f"wrote {written}")
 
 
-def write_depth(depth: Any, path: Path) -> None:
-    """.npy: the exact normalised map the UNet got; .png: the raw estimate, 16-bit, white = near."""
+def write_depth(depth: Any, path: Path, *, control: bool = False) -> None:
+    """.npy: the exact normalised map the UNet got; .png: the raw estimate, 16-bit, white = near.
+    ``control`` (ControlNet): the control image instead, at the output size ([0, 1] in .npy; 16-bit .png)."""
     from ..outputs import atomic_output, save_image
 
     if path.suffix.lower() == ".npy":
         import numpy as np
 
         with atomic_output(path) as tmp, open(tmp, "wb") as handle:
-            np.save(handle, depth.normalized[0, 0].cpu().numpy())
+            normalized = depth.normalized[0, 0].cpu().numpy()
+            np.save(handle, (normalized + 1) / 2 if control else normalized)
+    elif control:  # the ControlNet's image: normalised at full size in float32, quantised only here
+        save_image(depth.to_image("normalized", bits=16), path)
     else:
         save_image(depth.to_image("raw", bits=16), path)

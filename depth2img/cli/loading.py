@@ -17,7 +17,7 @@ def checkpoint_cache() -> Path | None:
     return Path.home() / ".cache" / "depth2img" / "checkpoints"
 
 
-def load(model: str, device: str, dtype: str, depth_model: str | None) -> Any:
+def load(model: str, device: str, dtype: str, depth_model: str | None, controlnet: str | None = None) -> Any:
     """``load_pipeline`` behind one spinner instead of the libraries' per-component progress bars."""
     import diffusers
     import transformers
@@ -27,7 +27,8 @@ def load(model: str, device: str, dtype: str, depth_model: str | None) -> Any:
     diffusers.utils.logging.disable_progress_bar()  # CLI-only setting: this process is the CLI
     transformers.utils.logging.disable_progress_bar()
     with err.status(f"loading {model}...", spinner="dots"):
-        return load_pipeline(model, device=device, dtype=dtype, depth_model=depth_model, cache_dir=checkpoint_cache())
+        return load_pipeline(model, device=device, dtype=dtype, depth_model=depth_model, cache_dir=checkpoint_cache(),
+                             controlnet=controlnet)
 
 
 def run_with_progress(pipe: Any, request: Any) -> Any:

@@ -38,6 +38,11 @@ DepthModelOpt = Annotated[
     Optional[str],
     typer.Option("--depth-model", help="Another depth estimator: a transformers folder or hub id (DPT-Large, Depth Anything V2...)."),
 ]
+ControlNetOpt = Annotated[
+    Optional[str],
+    typer.Option("--controlnet", help="Put the depth through a ControlNet on an SD 1.5/SDXL --model: a diffusers "
+                 "ControlNet folder, an A1111 .pth/.safetensors file, or 'tiny-controlnet' (built-in, with --model tiny-sd15)."),
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or mps.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, float16 or bfloat16.")]
 

@@ -36,6 +36,10 @@ class Components:
     # None for folders, hub ids and built-ins: A1111 has no hash for them either
     model_hash: str | None = None
     depth_source: str = ""  # which depth estimator ("" = the model's own)
+    controlnet: Any | None = None  # diffusers ControlNetModel (models/controlnet.py); selects the ControlNet backend
+    controlnet_name: str = ""  # the ControlNet's infotext name (A1111: "file [hash]")
+    text_encoder_2: Any | None = None  # SDXL: CLIPTextModelWithProjection (pooled embeddings)
+    tokenizer_2: Any | None = None
 
     @property
     def kind(self) -> ModelKind:
@@ -62,7 +66,7 @@ def check_components(c: Components) -> Components:
         )
     if unet_in - latent not in (0, 1):
         raise ModelLoadError(f"the UNet has {unet_in} input channels but the VAE has {latent} latent channels")
-    text_dim = c.text_encoder.config.hidden_size
+    text_dim = c.text_encoder.config.hidden_size + (c.text_encoder_2.config.hidden_size if c.text_encoder_2 is not None else 0)
     cross_dim = c.unet.config.cross_attention_dim
     if text_dim != cross_dim:
         raise ModelLoadError(

@@ -13,6 +13,7 @@ import torch
 from ..errors import ModelLoadError
 from .components import Components, check_components
 from .files import MODEL_SUFFIXES
+from .controlnet import TINY_BASES, tiny_base
 from .folder import is_model_folder, load_depth_estimator, load_folder
 from .hub import looks_like_hub_id, resolve_hub_folder
 from .tiny import TINY_NAMES, tiny_components
@@ -24,6 +25,7 @@ def load_components(
     dtype: torch.dtype = torch.float32,
     depth_model: str | Path | None = None,
     cache_dir: str | Path | None = None,
+    controlnet: str | Path | None = None,
 ) -> Components:
     """Components for ``model``; ``depth_model`` swaps in another transformers depth estimator.
 
@@ -34,12 +36,18 @@ def load_components(
     if depth_model is not None:
         components.depth_estimator, components.feature_extractor = _load_depth_model(str(depth_model))
         components.depth_source = str(depth_model)
+    if controlnet is not None:  # models/controlnet.py: built-in, folder or single file
+        from .controlnet import attach_controlnet
+
+        attach_controlnet(components, controlnet)
     return check_components(components)
 
 
 def _load_generator(model: str, dtype: torch.dtype, cache_dir: str | Path | None) -> Components:
     if model in TINY_NAMES:  # float32 weights; the Pipeline casts to its dtype
         return tiny_components(depth=model == "tiny")
+    if model in TINY_BASES:  # the tiny SD 1.5 / SDXL bases for ControlNets
+        return tiny_base(model)
     path = Path(model).expanduser()
     if path.is_dir():
         return load_folder(path, dtype=dtype)
