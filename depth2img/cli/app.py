@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import __version__
+from .batch import batch
 from .depth import depth_command
 from .generate import generate
 from .info import info
@@ -44,6 +45,7 @@ app.command("sweep")(sweep)
 app.command("info")(info)
 app.command("convert")(convert_command)
 app.command("models")(models_command)
+app.command("batch")(batch)
 
 
 def main() -> None:
