@@ -14,6 +14,7 @@ from .generate import generate
 from .info import info
 from .models import convert_command, models_command
 from .sweep import sweep
+from .video import video, video_metrics
 
 app = typer.Typer(
     add_completion=False,
@@ -46,6 +47,8 @@ app.command("info")(info)
 app.command("convert")(convert_command)
 app.command("models")(models_command)
 app.command("batch")(batch)
+app.command("video")(video)
+app.command("video-metrics")(video_metrics)
 
 
 def main() -> None:
