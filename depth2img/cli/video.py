@@ -56,6 +56,8 @@ def video(
         raise InvalidRequestError("give --input (a video or a frames folder), or --depth-dir for a depth-only video")
     request_fields = to_request_fields(fields)
     stand_in = {"image": "(each frame)"} if input is not None else {"depth_map": "(each depth map)"}
+    if input is not None and request_fields.get("depth_map") is not None:
+        stand_in["depth_map"] = "(given by --depth)"  # read per frame by the renderer
     GenerationRequest(**{**request_fields, **stand_in}).validate(label=flag)
     if request_fields.get("batch_size", 1) != 1:
         raise InvalidRequestError("--batch-size must be 1 for a video (one picture per frame)")
@@ -67,6 +69,12 @@ def video(
             raise InvalidRequestError(f"--depth-dir '{depth_dir}' is not a folder")
         depth_frames = sorted(p for p in depth_dir.iterdir() if p.suffix.lower() in FRAME_SUFFIXES + (".npy",))[start:end:stride]
     clip = decode_video(input, frames_dir, start=start, end=end, stride=stride, fps=fps) if input is not None else None
+    if request_fields.get("depth_map") is not None:  # one own depth map (--depth) for every frame
+        if depth_frames is not None:
+            raise InvalidRequestError("give --depth (one map for every frame) or --depth-dir, not both")
+        if clip is None:
+            raise InvalidRequestError("--depth needs --input; for a depth-only video give --depth-dir")
+        depth_frames = [Path(request_fields["depth_map"])] * len(clip.frames)
     request = GenerationRequest(**{**decode_inputs(request_fields), **stand_in})
 
     pipe = load(model, device, dtype, depth_model)
