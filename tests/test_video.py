@@ -271,3 +271,27 @@ def test_video_command_resumes_after_a_kill_byte_identical(tiny_pipe, tmp_path, 
 
     metrics = CliRunner().invoke(app, ["video-metrics", str(tmp_path / "part.mp4"), "--source", str(src)])
     assert metrics.exit_code == 0 and "warping_error" in metrics.output and "frames\t5" in metrics.output
+
+
+def test_one_depth_map_for_every_frame_and_a_depth_only_video(tiny_pipe, tmp_path, monkeypatch):
+    monkeypatch.setattr("depth2img.cli.video.load", lambda *a: tiny_pipe)
+    ramp = np.tile(np.linspace(0, 65535, SIZE, dtype=np.uint16), (SIZE, 1))
+    Image.fromarray(ramp).save(tmp_path / "depth.png")
+    frames = save_frames(pan_clip(3), tmp_path / "frames")
+    common = ["--model", "tiny", "--prompt", "x", "--steps", "2", "--strength", "1", "--seed", "1", "--temporal", "fixed-noise"]
+    results, run = [], tiny_pipe.run
+    monkeypatch.setattr(tiny_pipe, "run", lambda plan, **kw: results.append(run(plan, **kw)) or results[-1])
+    result = CliRunner().invoke(app, ["video", *common, "--input", str(frames[0].parent), "--depth", str(tmp_path / "depth.png"),
+                                      "--output", str(tmp_path / "a.mp4")])
+    assert result.exit_code == 0, result.output
+    assert len(results) == 3  # every frame got the given map (the tiny estimator's output is no ramp)
+    assert all(np.corrcoef(r.depth_map.raw.ravel(), ramp.ravel().astype(float))[0, 1] > 0.9999 for r in results)
+    depths = tmp_path / "depths"
+    depths.mkdir()
+    for t in range(4):
+        Image.fromarray(np.roll(ramp, 4 * t, axis=1)).save(depths / f"{t:03d}.png")
+    result = CliRunner().invoke(app, ["video", *common, "--depth-dir", str(depths), "--output", str(tmp_path / "d.mp4"), "--fps", "8"])
+    assert result.exit_code == 0, result.output
+    import imageio_ffmpeg
+
+    assert imageio_ffmpeg.count_frames_and_secs(str(tmp_path / "d.mp4"))[0] == 4 and "8 fps" in ffmpeg_header(tmp_path / "d.mp4")

@@ -194,7 +194,11 @@ def render_frames(
     on_frame: Callable[[int, int, str], None] | None = None,
 ) -> Rendered:
     """Render every frame (see the module docstring). ``frames`` None with ``depth_frames``: depth-only
-    video. ``request`` carries everything but the per-frame image, depth map and seed."""
+    video. ``request`` carries everything but the per-frame image, depth map and seed.
+
+    Estimated depths are computed once (pass 1, cached in ``FRAMES/depth``) and handed to the pipeline
+    as the frame's own map, so the clip range is computed on exactly what is normalised. Known wart:
+    the frames' infotexts therefore say "Depth: own map" even for estimated depth."""
     import torch
     from PIL import Image
 
