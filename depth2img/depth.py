@@ -53,7 +53,9 @@ def estimate_depth(estimator: Any, feature_extractor: Any, image: Image.Image) -
     return estimator(pixel_values).predicted_depth.float().cpu()  # (1, h, w)
 
 
-def normalize_depth(depth: torch.Tensor, size: tuple[int, int], notes: list[str] | None = None) -> torch.Tensor:
+def normalize_depth(
+    depth: torch.Tensor, size: tuple[int, int], notes: list[str] | None = None, depth_range: tuple[float, float] | None = None
+) -> torch.Tensor:
     """(N, h, w) depth → (N, 1, *size) in [-1, 1], as diffusers / the original inference scripts.
 
     Bicubic (align_corners=False, no antialias) to the latent size, then per-sample min-max to [-1, 1].
@@ -63,6 +65,10 @@ def normalize_depth(depth: torch.Tensor, size: tuple[int, int], notes: list[str]
     Deliberate deviation: the reference divides by (max - min) with no epsilon, so a flat map gives NaN
     and a black image; here a flat map becomes all zeros (mid-depth) instead. Non-flat maps are
     bit-identical to the reference. A flat map adds a line to ``notes`` (the Result's warnings).
+
+    ``depth_range`` (lo, hi), given by a caller that sees more than one image (video: one range over the
+    whole clip, or a running EMA), replaces the per-sample min and max of the *resized* map; values
+    outside it are clamped to [-1, 1]. None (the default) is the reference's per-image min-max.
     """
     depth = depth.float().cpu().unsqueeze(1)  # (N, 1, h, w)
     # Flatness is judged before resizing: bicubic weights do not sum to exactly 1 in float32, so a
@@ -75,6 +81,10 @@ def normalize_depth(depth: torch.Tensor, size: tuple[int, int], notes: list[str]
     flat = flat | (span == 0)
     if bool(flat.any()) and notes is not None:
         notes.append("the depth map is flat (constant): it carries no structure; using a mid-depth plane")
+    if depth_range is not None:
+        lo, hi = float(depth_range[0]), float(depth_range[1])
+        if hi > lo:
+            return (2.0 * (depth - lo) / (hi - lo) - 1.0).clamp(-1.0, 1.0)
     return torch.where(flat, torch.zeros_like(depth), 2.0 * (depth - dmin) / torch.where(flat, 1.0, span) - 1.0)
 
 

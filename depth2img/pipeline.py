@@ -73,6 +73,15 @@ class Plan:
     seeds: list[int]
     size: tuple[int, int]  # (W, H) of the output
     notes: list[str] = field(default_factory=list)
+    # Seams for callers that generate many related pictures (depth2img.batch.temporal: video). Both are
+    # None for a single request, which then runs exactly as before.
+    # depth_range: (lo, hi) used instead of the per-image min/max when the depth is normalised (one range
+    #   for a whole clip, so a near object entering the view does not rescale the background's depth).
+    depth_range: tuple[float, float] | None = None
+    # wrap_scheduler(scheduler, timesteps, noise) -> scheduler: a k-diffusion-style scheduler wrapper
+    #   (like LatentBlend) applied after inpainting's; ``noise`` is the initial noise of this picture.
+    #   Video fusion blends the previous frame's warped latents in through it; the loop does not change.
+    wrap_scheduler: Callable[[Any, torch.Tensor, torch.Tensor], Any] | None = None
 
     @property
     def keeps_input(self) -> bool:
@@ -155,7 +164,7 @@ class Pipeline:
 
         # 1. Depth: estimate on the image the model sees (or take the user's), adjust, normalise to [-1, 1].
         depth_size = (height, width) if self.backend.depth_at_pixels else latent_size  # ControlNet: full size
-        depth = self.prepare_depth(image, plan.user_depth, depth_size, request, notes) if self.backend.uses_depth else None
+        depth = self.prepare_depth(image, plan.user_depth, depth_size, request, notes, plan.depth_range) if self.backend.uses_depth else None
         if plan.keeps_input:  # strength 0: the photo, unchanged (A1111); the depth is still reported
             assert image is not None
             pictures = [job.original.copy() if job is not None else image.copy() for _ in plan.seeds]
@@ -185,6 +194,8 @@ class Pipeline:
                 init = job.prepare_init_latents(init, latent_mask, generators)
                 scheduler = LatentBlend(scheduler, init, noise, latent_mask, timesteps)
             latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(batch))
+        if plan.wrap_scheduler is not None:  # temporal fusion (video); see Plan.wrap_scheduler
+            scheduler = plan.wrap_scheduler(scheduler, timesteps, latents / scheduler.init_noise_sigma if image is None else noise)
 
         # 5. Denoise: the backend's conditioning wraps the UNet, guidance wraps that; the loop only
         #    sees eps = model(x, t).
@@ -312,6 +323,7 @@ class Pipeline:
         latent_size: tuple[int, int],
         request: GenerationRequest | None = None,
         notes: list[str] | None = None,
+        depth_range: tuple[float, float] | None = None,
     ) -> DepthMaps:
         """The depth the UNet gets: (1, 1, h, w) in [-1, 1] (before depth_strength/depth_end, which
         :class:`DepthConcat` applies), plus the raw map (after invert/clip) for display/export."""
@@ -322,7 +334,7 @@ class Pipeline:
             raw, source = estimate_depth(self.depth_estimator, self.feature_extractor, image), "estimated"
         if request is not None and (request.invert_depth or tuple(request.depth_clip) != PERCENTILES):
             raw = torch.from_numpy(adjust_depth(raw[0].numpy(), invert=request.invert_depth, clip=request.depth_clip))[None]
-        return DepthMaps(raw=raw[0].numpy(), normalized=normalize_depth(raw, latent_size, notes), source=source)
+        return DepthMaps(raw=raw[0].numpy(), normalized=normalize_depth(raw, latent_size, notes, depth_range), source=source)
 
     def estimate_depth(self, image: ImageInput) -> DepthMaps:
         """Depth of an image with this model's estimator (for ``depth2img depth`` and previews)."""

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import __version__
+from .batch import batch
 from .depth import depth_command
 from .generate import generate
 from .handling import one_line_errors
@@ -16,6 +17,7 @@ from .models import convert_command, models_command
 from .sweep import sweep
 from ..server.command import serve
 from ..ui.command import ui_command
+from .video import video, video_metrics
 
 app = typer.Typer(
     add_completion=False,
@@ -49,6 +51,9 @@ app.command("convert")(convert_command)
 app.command("models")(models_command)
 app.command("serve")(one_line_errors(serve))
 app.command("ui")(one_line_errors(ui_command))
+app.command("batch")(batch)
+app.command("video")(video)
+app.command("video-metrics")(video_metrics)
 
 
 def main() -> None:
