@@ -380,6 +380,8 @@ class Pipeline:
             **inpaint_params(request),
             **depth_control_params(request),
             "Styles": ", ".join(request.styles) or None,
+            "TI hashes": None if self.embeddings is None else self.embeddings.hashes(
+                self.tokenizer, [request.prompt, request.negative_prompt]),
             **request.extra,
             "Version": f"depth2img {__version__}",
         }
@@ -432,6 +434,7 @@ def load_pipeline(
     cache_dir: str | Path | None = None,
     styles_file: str | Path | None = None,
     controlnet: str | Path | None = None,
+    embeddings_dir: str | Path | None = None,
 ) -> Pipeline:
     """Load ``model`` (built-in name, diffusers folder, checkpoint file, hub id, or Components).
 
@@ -440,6 +443,7 @@ def load_pipeline(
     pickle ``.ckpt`` be converted once to a memory-mapped safetensors copy there (None: no cache);
     ``styles_file`` is an A1111 ``styles.csv`` whose names ``request.styles`` may use.
     ``controlnet`` (built-in name, folder or single file) puts the depth through a ControlNet.
+    ``embeddings_dir`` holds textual-inversion files a prompt uses by file name (prompts.embeddings).
     """
     from .models.registry import load_components
 
@@ -449,4 +453,15 @@ def load_pipeline(
     )
     pipe = Pipeline(components, device=device, dtype=parsed)
     pipe.styles = load_styles(styles_file) if styles_file is not None else None
+    if embeddings_dir is not None:
+        set_embeddings(pipe, embeddings_dir)
     return pipe
+
+
+def set_embeddings(pipe: Pipeline, folder: str | Path) -> None:
+    """Index a textual-inversion folder for ``pipe``'s text encoder (files are read when first used)."""
+    from .prompts.embeddings import load_embeddings
+
+    if pipe.text_encoder_2 is not None:
+        raise InvalidRequestError("textual-inversion embeddings are not supported on SDXL models yet")
+    pipe.embeddings = load_embeddings(folder, pipe.tokenizer, pipe.text_encoder)

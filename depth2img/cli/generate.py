@@ -15,7 +15,7 @@ import typer
 from ..request import GenerationRequest, flag
 from .handling import one_line_errors, say, warn
 from .loading import load, run_with_progress
-from .options import ControlNetOpt, DepthModelOpt, DeviceOpt, DtypeOpt, ModelOpt, decode_inputs, request_options, to_request_fields
+from .options import ControlNetOpt, DepthModelOpt, DeviceOpt, DtypeOpt, EmbeddingsDirOpt, ModelOpt, decode_inputs, request_options, to_request_fields
 
 GENERATE_FIELDS = (
     "image", "prompt", "negative_prompt", "styles", "strength", "steps", "guidance_scale", "seed", "scheduler", "batch_size",
@@ -37,6 +37,7 @@ def generate(
     depth_model: DepthModelOpt = None,
     styles_file: Annotated[Optional[Path], typer.Option("--styles-file", help="A1111 styles.csv (name, prompt, negative_prompt) for --style.")] = None,
     controlnet: ControlNetOpt = None,
+    embeddings_dir: EmbeddingsDirOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
     *,
@@ -54,8 +55,16 @@ def generate(
     styles = load_styles(styles_file) if styles_file is not None else None
     apply_styles(request.prompt, request.negative_prompt, request.styles, styles)  # an unknown --style fails before loading
 
+    if embeddings_dir is not None and not embeddings_dir.is_dir():
+        from ..errors import InvalidRequestError
+
+        raise InvalidRequestError(f"--embeddings-dir: folder not found: {embeddings_dir}")
     pipe = load(model, device, dtype, depth_model, controlnet)
     pipe.styles = styles
+    if embeddings_dir is not None:
+        from ..pipeline import set_embeddings
+
+        set_embeddings(pipe, embeddings_dir)
     if save_depth is not None and not pipe.backend.uses_depth:
         from ..errors import InvalidRequestError
 
