@@ -48,6 +48,10 @@ EmbeddingsDirOpt = Annotated[
     typer.Option("--embeddings-dir", help="Folder of textual-inversion embeddings (.pt/.safetensors), used in a prompt "
                  "by file name, e.g. -n bad-hands for bad-hands.pt."),
 ]
+LoraDirOpt = Annotated[
+    Optional[Path],
+    typer.Option("--lora-dir", help="Folder of LoRA files for --lora NAME:WEIGHT and <lora:NAME:WEIGHT> in the prompt."),
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or mps.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, float16 or bfloat16.")]
 
