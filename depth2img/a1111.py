@@ -122,6 +122,7 @@ INFOTEXT_KEYS: tuple[str, ...] = (
     "Depth invert", "Depth clip", "Depth strength", "Depth end",
     "Styles",  # not written by A1111 (it stores the styled prompt only); kept so the names survive a paste
     CONTROLNET_UNIT_KEY.format(index=0),
+    "TI hashes", "Lora hashes",  # A1111: "name: 12-digit sha256 short hash" per embedding / LoRA used
     "Version",
 )
 RESERVED_INFOTEXT_KEYS: tuple[str, ...] = ("Prompt", "Negative prompt", *INFOTEXT_KEYS)

@@ -41,6 +41,7 @@ from .infotext import build_infotext
 from .inpaint import InpaintJob, inpaint_params, prepare_inpaint
 from .models.components import Components, check_components
 from .prompts import weighting
+from .prompts.parser import extract_extra_networks
 from .prompts.styles import apply_styles, load_styles
 from .request import PERCENTILES, GenerationRequest, ImageInput, check_image_size, resolve_seeds
 from .result import Result, StepInfo
@@ -82,6 +83,7 @@ class Plan:
     #   (like LatentBlend) applied after inpainting's; ``noise`` is the initial noise of this picture.
     #   Video fusion blends the previous frame's warped latents in through it; the loop does not change.
     wrap_scheduler: Callable[[Any, torch.Tensor, torch.Tensor], Any] | None = None
+    loras: list[Any] = field(default_factory=list)  # prompts.lora.LoraUse, applied for this run only
 
     @property
     def keeps_input(self) -> bool:
@@ -117,6 +119,7 @@ class Pipeline:
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self.embeddings: Any = None  # textual inversions found in the prompt by name (prompts.embeddings)
+        self.loras: Any = None  # a LoRA folder (prompts.lora.LoraLibrary) for <lora:name:w> and request.loras
         self.styles: dict[str, Any] | None = None  # A1111 styles.csv (prompts.styles), for request.styles
 
     @property
@@ -151,10 +154,30 @@ class Pipeline:
         if self.backend.uses_depth and job is not None and job.box is not None and user_depth is not None:
             user_depth = crop_depth(user_depth, job.box, job.original.size)
         seeds = resolve_seeds(request.seed, request.batch_size)
-        return Plan(request, image, job, user_depth, seeds, size, notes=request.field_notes())
+        loras, lora_notes = self._requested_loras(request)
+        return Plan(request, image, job, user_depth, seeds, size, notes=request.field_notes() + lora_notes, loras=loras)
+
+    def _requested_loras(self, request: GenerationRequest) -> tuple[list[Any], list[str]]:
+        if not request.loras and "<" not in request.prompt + request.negative_prompt:
+            return [], []
+        from .prompts import lora
+
+        uses, notes = lora.requested(request.prompt, request.negative_prompt, request.loras, self.loras)
+        if uses and self.text_encoder_2 is not None:
+            raise InvalidRequestError("LoRA is not supported on SDXL models yet")
+        return uses, notes
 
     @torch.no_grad()
     def run(self, plan: Plan, *, callback: Callback | None = None) -> Result:
+        """:meth:`_run` with the plan's LoRAs attached for this run only (prompts.lora)."""
+        if not plan.loras:
+            return self._run(plan, callback=callback)
+        from .prompts.lora import applied
+
+        with applied(self.unet, self.text_encoder, plan.loras):
+            return self._run(plan, callback=callback)
+
+    def _run(self, plan: Plan, *, callback: Callback | None = None) -> Result:
         """Steps 1-6 of a generation, top to bottom, for a :meth:`plan`."""
         request, image, job, notes = plan.request, plan.image, plan.job, list(plan.notes)
         batch = request.batch_size
@@ -293,6 +316,8 @@ class Pipeline:
     def _encode_text(self, text: str, what: str, notes: list[str]) -> torch.Tensor:
         """(1, 77, D); an A1111 prompt (weights, BREAK, embeddings, > 75 tokens): (1, 77 * chunks, D)."""
         tokenizer = self.tokenizer
+        if "<" in text:  # A1111's <lora:...> tags are taken out before encoding (prompts.lora applies them)
+            text = extract_extra_networks(text)[0]
         if weighting.needs_chunking(tokenizer, text, self.embeddings):
             return self._encode_chunked(text, what, notes)
         ids = tokenizer(
@@ -392,10 +417,20 @@ class Pipeline:
             **inpaint_params(request),
             **depth_control_params(request),
             "Styles": ", ".join(request.styles) or None,
+            "TI hashes": None if self.embeddings is None else self.embeddings.hashes(
+                self.tokenizer, [request.prompt, request.negative_prompt]),
+            "Lora hashes": self._lora_hashes(request),
             **request.extra,
             "Version": f"depth2img {__version__}",
         }
         return build_infotext(request.prompt, request.negative_prompt, params)
+
+    def _lora_hashes(self, request: GenerationRequest) -> str | None:
+        if self.loras is None:
+            return None
+        from .prompts import lora
+
+        return lora.hashes(self.loras, self._requested_loras(request)[0])
 
 
 def encode_sdxl_prompt(pipe: Pipeline, prompt: str, negative: str, batch: int, guidance: bool
@@ -444,6 +479,8 @@ def load_pipeline(
     cache_dir: str | Path | None = None,
     styles_file: str | Path | None = None,
     controlnet: str | Path | None = None,
+    embeddings_dir: str | Path | None = None,
+    lora_dir: str | Path | None = None,
 ) -> Pipeline:
     """Load ``model`` (built-in name, diffusers folder, checkpoint file, hub id, or Components).
 
@@ -452,6 +489,8 @@ def load_pipeline(
     pickle ``.ckpt`` be converted once to a memory-mapped safetensors copy there (None: no cache);
     ``styles_file`` is an A1111 ``styles.csv`` whose names ``request.styles`` may use.
     ``controlnet`` (built-in name, folder or single file) puts the depth through a ControlNet.
+    ``embeddings_dir`` holds textual-inversion files a prompt uses by file name (prompts.embeddings).
+    ``lora_dir`` holds LoRA files for ``<lora:name:weight>`` and ``request.loras`` (prompts.lora).
     """
     from .models.registry import load_components
 
@@ -461,4 +500,19 @@ def load_pipeline(
     )
     pipe = Pipeline(components, device=device, dtype=parsed)
     pipe.styles = load_styles(styles_file) if styles_file is not None else None
+    if embeddings_dir is not None:
+        set_embeddings(pipe, embeddings_dir)
+    if lora_dir is not None:
+        from .prompts.lora import LoraLibrary
+
+        pipe.loras = LoraLibrary(lora_dir)
     return pipe
+
+
+def set_embeddings(pipe: Pipeline, folder: str | Path) -> None:
+    """Index a textual-inversion folder for ``pipe``'s text encoder (files are read when first used)."""
+    from .prompts.embeddings import load_embeddings
+
+    if pipe.text_encoder_2 is not None:
+        raise InvalidRequestError("textual-inversion embeddings are not supported on SDXL models yet")
+    pipe.embeddings = load_embeddings(folder, pipe.tokenizer, pipe.text_encoder)

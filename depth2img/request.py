@@ -109,6 +109,9 @@ class GenerationRequest:
     styles: tuple[str, ...] = param(
         (), "names", "A saved style to apply (A1111 styles.csv, see --styles-file); repeat for several, applied in order.",
         flag="--style", a1111="styles", group="prompt")
+    loras: tuple[str, ...] = param(
+        (), "names", "A LoRA to apply, NAME:WEIGHT (a file in --lora-dir; as <lora:NAME:WEIGHT> in the prompt); repeatable.",
+        flag="--lora", group="prompt")
     depth_map: DepthInput | None = param(
         None, "depth", "Your own depth map (8/16-bit PNG/TIFF or .npy; white = near), instead of the estimate.",
         flag="--depth", group="depth")

@@ -15,10 +15,10 @@ import typer
 from ..request import GenerationRequest, flag
 from .handling import one_line_errors, say, warn
 from .loading import load, run_with_progress
-from .options import ControlNetOpt, DepthModelOpt, DeviceOpt, DtypeOpt, ModelOpt, decode_inputs, request_options, to_request_fields
+from .options import ControlNetOpt, DepthModelOpt, DeviceOpt, DtypeOpt, EmbeddingsDirOpt, LoraDirOpt, ModelOpt, decode_inputs, request_options, to_request_fields
 
 GENERATE_FIELDS = (
-    "image", "prompt", "negative_prompt", "styles", "strength", "steps", "guidance_scale", "seed", "scheduler", "batch_size",
+    "image", "prompt", "negative_prompt", "styles", "loras", "strength", "steps", "guidance_scale", "seed", "scheduler", "batch_size",
     "width", "height", "resize_mode", "depth_map", "eta", "mask", "mask_blur", "masked_content", "inpaint_area",
     "padding", "invert_mask", "invert_depth", "depth_clip", "depth_strength", "depth_end",
     "control_weight", "control_start", "control_end", "control_mode",
@@ -37,6 +37,8 @@ def generate(
     depth_model: DepthModelOpt = None,
     styles_file: Annotated[Optional[Path], typer.Option("--styles-file", help="A1111 styles.csv (name, prompt, negative_prompt) for --style.")] = None,
     controlnet: ControlNetOpt = None,
+    embeddings_dir: EmbeddingsDirOpt = None,
+    lora_dir: LoraDirOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
     *,
@@ -54,8 +56,23 @@ def generate(
     styles = load_styles(styles_file) if styles_file is not None else None
     apply_styles(request.prompt, request.negative_prompt, request.styles, styles)  # an unknown --style fails before loading
 
+    if embeddings_dir is not None and not embeddings_dir.is_dir():
+        from ..errors import InvalidRequestError
+
+        raise InvalidRequestError(f"--embeddings-dir: folder not found: {embeddings_dir}")
+    loras = None
+    if lora_dir is not None or request.loras:  # an unknown --lora fails before loading
+        from ..prompts.lora import LoraLibrary, requested
+
+        loras = LoraLibrary(lora_dir) if lora_dir is not None else None
+        requested("", "", request.loras, loras)
     pipe = load(model, device, dtype, depth_model, controlnet)
+    pipe.loras = loras
     pipe.styles = styles
+    if embeddings_dir is not None:
+        from ..pipeline import set_embeddings
+
+        set_embeddings(pipe, embeddings_dir)
     if save_depth is not None and not pipe.backend.uses_depth:
         from ..errors import InvalidRequestError
 

@@ -43,6 +43,15 @@ ControlNetOpt = Annotated[
     typer.Option("--controlnet", help="Put the depth through a ControlNet on an SD 1.5/SDXL --model: a diffusers "
                  "ControlNet folder, an A1111 .pth/.safetensors file, or 'tiny-controlnet' (built-in, with --model tiny-sd15)."),
 ]
+EmbeddingsDirOpt = Annotated[
+    Optional[Path],
+    typer.Option("--embeddings-dir", help="Folder of textual-inversion embeddings (.pt/.safetensors), used in a prompt "
+                 "by file name, e.g. -n bad-hands for bad-hands.pt."),
+]
+LoraDirOpt = Annotated[
+    Optional[Path],
+    typer.Option("--lora-dir", help="Folder of LoRA files for --lora NAME:WEIGHT and <lora:NAME:WEIGHT> in the prompt."),
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or mps.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, float16 or bfloat16.")]
 
