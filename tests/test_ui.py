@@ -208,3 +208,71 @@ def test_depth_tab_3d_view_draws_and_follows_the_mouse(ui, tmp_path):
     assert (before != after).any(), "the 3-D view did not change when the mouse moved"
     shot(page, "depth")
     assert ui.errors == [], ui.errors
+
+
+def value_of(page, elem_id):
+    """The shown value of a form component: its number box, text area or dropdown input."""
+    box = page.locator(f"#{elem_id}").locator("input[type=number], textarea, input[role=listbox], input").first
+    return box.input_value()
+
+
+def open_depth(page, prefix):
+    """Open the tab's Depth accordion (its components are rendered only when open)."""
+    page.locator(f"#{prefix}-depth-accordion").get_by_text("Depth", exact=True).first.click()
+    page.locator(f"#{prefix}-depth_strength").wait_for()
+
+
+def test_png_info_sends_the_parameters_to_img2img(ui, api, tmp_path):
+    from depth2img.a1111 import SAMPLERS
+
+    known = {"prompt": "a tall lighthouse", "negative_prompt": "blurry", "steps": 3, "guidance_scale": 5.5,
+             "seed": 4321, "scheduler": "euler_a", "strength": 0.7, "width": 48, "height": 40, "depth_strength": 0.5}
+    job = api.post("/api/v1/jobs", json={"image": b64(PHOTO), **known}).json()
+    assert wait_state(api, job["id"])["state"] == "done"
+    made = tmp_path / "made.png"
+    made.write_bytes(api.get(f"/api/v1/jobs/{job['id']}/images/0").content)
+
+    page = ui.open()
+    page.get_by_role("tab", name="PNG info").click()
+    page.locator("#pnginfo-image input[type=file]").set_input_files(str(made))
+    page.wait_for_function("document.querySelector('#pnginfo-text textarea').value.includes('Seed: 4321')")
+    assert page.locator("#pnginfo-text textarea").input_value() == Image.open(made).info["parameters"]
+    page.locator("#pnginfo-send-img2img").click()
+    page.wait_for_function("document.querySelector('#img2img-prompt textarea').value === 'a tall lighthouse'")
+    assert page.get_by_role("tab", name="img2img").get_attribute("aria-selected") == "true"
+    open_depth(page, "img2img")
+    shot(page, "pnginfo-sent")
+    got = {name: value_of(page, f"img2img-{name}") for name in known}
+    want = {**{k: str(v) for k, v in known.items()}, "scheduler": SAMPLERS["euler_a"].name}
+    assert got == want
+    assert ui.errors == [], ui.errors
+
+
+def test_interrupt_stops_a_long_job_and_the_next_one_runs(ui, server, tmp_path):
+    import time
+
+    page = ui.open()
+    photo = tmp_path / "small.png"
+    photo.write_bytes(photo_png((32, 32), seed=5))
+    page.locator("#img2img-image input[type=file]").set_input_files(str(photo))
+    page.locator("#img2img-image img").wait_for()
+    page.locator("#img2img-prompt textarea").fill("a long job")
+    set_number(page, "img2img-steps", 1000)
+    set_number(page, "img2img-seed", 11)
+    page.locator("#img2img-generate").click()
+    page.locator("#img2img-status", has_text="step ").wait_for()
+    job_id = server.services.worker.current.job_id
+    clicked = time.time()
+    page.locator("#img2img-interrupt").click()
+    page.locator("#img2img-status", has_text="interrupted").wait_for(timeout=10000)
+    took = time.time() - clicked
+    job = server.services.store.get(job_id)
+    assert job.state == "cancelled" and job.error == "interrupted", (job.state, job.error)
+    assert took < 5, f"the interrupt took {took:.1f} s"
+    assert server.services.worker.current is None
+    shot(page, "interrupted")
+
+    set_number(page, "img2img-steps", 2)
+    page.locator("#img2img-generate").click()
+    page.locator("#img2img-status", has_text="1 image(s)").wait_for()
+    assert ui.errors == [], ui.errors

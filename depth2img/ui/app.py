@@ -30,7 +30,7 @@ def queue_text(svc: Services) -> str:
 
 
 def build(svc: Services) -> gr.Blocks:
-    from . import depth_tab, generate
+    from . import depth_tab, generate, pnginfo
 
     with gr.Blocks(title="depth2img", analytics_enabled=False) as blocks:
         with gr.Row(elem_id="topbar"):
@@ -42,13 +42,15 @@ def build(svc: Services) -> gr.Blocks:
                                       info="A depth model's estimator to use instead of the checkpoint's own.")
             queue = gr.Markdown(queue_text(svc), elem_id="top-queue")
         top: dict[str, Any] = {"model": model, "depth_model": depth_model}
-        with gr.Tabs(elem_id="tabs"):
+        with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("img2img", id="img2img"):
-                generate.build_tab(svc, "img2img", top)
+                img2img = generate.build_tab(svc, "img2img", top)
             with gr.Tab("inpaint", id="inpaint"):
-                generate.build_tab(svc, "inpaint", top, inpaint=True)
+                inpaint = generate.build_tab(svc, "inpaint", top, inpaint=True)
             with gr.Tab("depth", id="depth"):
                 depth_tab.build_tab(svc, top)
+            with gr.Tab("PNG info", id="pnginfo"):
+                pnginfo.build_tab(svc, tabs, {"img2img": img2img, "inpaint": inpaint})
 
         def do_refresh(current):
             svc.registry.refresh()
