@@ -276,3 +276,29 @@ def test_interrupt_stops_a_long_job_and_the_next_one_runs(ui, server, tmp_path):
     page.locator("#img2img-generate").click()
     page.locator("#img2img-status", has_text="1 image(s)").wait_for()
     assert ui.errors == [], ui.errors
+
+
+def test_own_depth_map_upload_is_the_depth_used(ui, server, tmp_path):
+    page = ui.open()
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(PHOTO)
+    # a full-range left-to-right gradient at the photo's size: the 16-bit map the job stores is v * 257,
+    # so the 8-bit view must give v back (±1 for rounding); no resize, so nothing else may differ
+    gradient = np.tile(np.round(np.linspace(0, 255, 64)).astype(np.uint8), (64, 1))
+    depth = tmp_path / "depth.png"
+    Image.fromarray(gradient).save(depth)
+    page.locator("#img2img-image input[type=file]").set_input_files(str(photo))
+    page.locator("#img2img-image img").wait_for()
+    open_depth(page, "img2img")
+    page.locator("#img2img-depth_map input[type=file]").set_input_files(str(depth))
+    page.locator("#img2img-depth_map img").wait_for()
+    page.locator("#img2img-prompt textarea").fill("a ramp")
+    set_number(page, "img2img-steps", 2)
+    set_number(page, "img2img-seed", 3)
+    page.locator("#img2img-generate").click()
+    page.locator("#img2img-status", has_text="1 image(s)").wait_for()
+    assert "Depth: own map" in page.locator("#img2img-infotext textarea").input_value()
+    shown = np.asarray(fetch(server, page.locator("#img2img-depth-used img").get_attribute("src")).convert("L"))
+    assert shown.shape == gradient.shape
+    assert np.abs(shown.astype(int) - gradient).max() <= 1
+    assert ui.errors == [], ui.errors
