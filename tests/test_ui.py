@@ -302,3 +302,17 @@ def test_own_depth_map_upload_is_the_depth_used(ui, server, tmp_path):
     assert shown.shape == gradient.shape
     assert np.abs(shown.astype(int) - gradient).max() <= 1
     assert ui.errors == [], ui.errors
+
+
+def test_last_used_settings_survive_a_reload(ui):
+    page = ui.open()
+    page.locator("#img2img-prompt textarea").fill("remember me")
+    set_number(page, "img2img-steps", 7)
+    page.wait_for_timeout(1000)  # the save is one request per change
+    page.reload()
+    page.locator("#img2img-generate").wait_for()
+    page.wait_for_function("document.querySelector('#img2img-prompt textarea').value === 'remember me'")
+    page.wait_for_function("document.querySelector('#img2img-steps input[type=number]').value === '7'")
+    page.get_by_role("tab", name="inpaint").click()
+    assert page.locator("#inpaint-prompt textarea").input_value() == ""  # the other tab keeps its own
+    assert ui.errors == [], ui.errors
