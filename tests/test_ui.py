@@ -316,3 +316,24 @@ def test_last_used_settings_survive_a_reload(ui):
     page.get_by_role("tab", name="inpaint").click()
     assert page.locator("#inpaint-prompt textarea").input_value() == ""  # the other tab keeps its own
     assert ui.errors == [], ui.errors
+
+
+def test_sweep_tab_draws_the_strength_grid(ui, server, tmp_path):
+    page = ui.open()
+    page.get_by_role("tab", name="sweep").click()
+    photo = tmp_path / "small.png"
+    photo.write_bytes(photo_png((32, 32), seed=8))
+    page.locator("#sweep-image input[type=file]").set_input_files(str(photo))
+    page.locator("#sweep-image img").wait_for()
+    page.locator("#sweep-prompt textarea").fill("a sweep")
+    set_number(page, "sweep-steps", 2)
+    set_number(page, "sweep-seed", 9)
+    page.locator("#sweep-strengths textarea, #sweep-strengths input").first.fill("0.5,1")
+    page.locator("#sweep-run").click()
+    page.locator("#sweep-status", has_text="2 cells, seed 9").wait_for()
+    shot(page, "sweep")
+    grid = fetch(server, page.locator("#sweep-grid img").get_attribute("src"))
+    # input, depth map and two strength columns of 32 px, one row, plus the label column and header
+    assert grid.width > 4 * 32 and grid.height > 32, grid.size
+    assert server.services.store.count("queued") == 0 and server.services.worker.current is None
+    assert ui.errors == [], ui.errors

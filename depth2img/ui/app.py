@@ -30,7 +30,7 @@ def queue_text(svc: Services) -> str:
 
 
 def build(svc: Services) -> gr.Blocks:
-    from . import depth_tab, generate, pnginfo
+    from . import depth_tab, generate, pnginfo, sweep_tab
 
     with gr.Blocks(title="depth2img", analytics_enabled=False) as blocks:
         with gr.Row(elem_id="topbar"):
@@ -49,6 +49,8 @@ def build(svc: Services) -> gr.Blocks:
                 inpaint = generate.build_tab(svc, "inpaint", top, inpaint=True)
             with gr.Tab("depth", id="depth"):
                 depth_tab.build_tab(svc, top)
+            with gr.Tab("sweep", id="sweep"):
+                sweep_tab.build_tab(svc, top)
             with gr.Tab("PNG info", id="pnginfo"):
                 pnginfo.build_tab(svc, tabs, {"img2img": img2img, "inpaint": inpaint})
 
