@@ -245,6 +245,12 @@ def test_png_info_sends_the_parameters_to_img2img(ui, api, tmp_path):
     got = {name: value_of(page, f"img2img-{name}") for name in known}
     want = {**{k: str(v) for k, v in known.items()}, "scheduler": SAMPLERS["euler_a"].name}
     assert got == want
+
+    page.get_by_role("tab", name="PNG info").click()
+    page.locator("#pnginfo-send-inpaint").click()
+    page.wait_for_function("(document.querySelector('#inpaint-prompt textarea') || {}).value === 'a tall lighthouse'")
+    assert page.get_by_role("tab", name="inpaint").get_attribute("aria-selected") == "true"
+    assert value_of(page, "inpaint-seed") == "4321"
     assert ui.errors == [], ui.errors
 
 
