@@ -208,3 +208,138 @@ def test_depth_tab_3d_view_draws_and_follows_the_mouse(ui, tmp_path):
     assert (before != after).any(), "the 3-D view did not change when the mouse moved"
     shot(page, "depth")
     assert ui.errors == [], ui.errors
+
+
+def value_of(page, elem_id):
+    """The shown value of a form component: its number box, text area or dropdown input."""
+    box = page.locator(f"#{elem_id}").locator("input[type=number], textarea, input[role=listbox], input").first
+    return box.input_value()
+
+
+def open_depth(page, prefix):
+    """Open the tab's Depth accordion (its components are rendered only when open)."""
+    page.locator(f"#{prefix}-depth-accordion").get_by_text("Depth", exact=True).first.click()
+    page.locator(f"#{prefix}-depth_strength").wait_for()
+
+
+def test_png_info_sends_the_parameters_to_img2img(ui, api, tmp_path):
+    from depth2img.a1111 import SAMPLERS
+
+    known = {"prompt": "a tall lighthouse", "negative_prompt": "blurry", "steps": 3, "guidance_scale": 5.5,
+             "seed": 4321, "scheduler": "euler_a", "strength": 0.7, "width": 48, "height": 40, "depth_strength": 0.5}
+    job = api.post("/api/v1/jobs", json={"image": b64(PHOTO), **known}).json()
+    assert wait_state(api, job["id"])["state"] == "done"
+    made = tmp_path / "made.png"
+    made.write_bytes(api.get(f"/api/v1/jobs/{job['id']}/images/0").content)
+
+    page = ui.open()
+    page.get_by_role("tab", name="PNG info").click()
+    page.locator("#pnginfo-image input[type=file]").set_input_files(str(made))
+    page.wait_for_function("document.querySelector('#pnginfo-text textarea').value.includes('Seed: 4321')")
+    assert page.locator("#pnginfo-text textarea").input_value() == Image.open(made).info["parameters"]
+    page.locator("#pnginfo-send-img2img").click()
+    page.wait_for_function("document.querySelector('#img2img-prompt textarea').value === 'a tall lighthouse'")
+    assert page.get_by_role("tab", name="img2img").get_attribute("aria-selected") == "true"
+    open_depth(page, "img2img")
+    shot(page, "pnginfo-sent")
+    got = {name: value_of(page, f"img2img-{name}") for name in known}
+    want = {**{k: str(v) for k, v in known.items()}, "scheduler": SAMPLERS["euler_a"].name}
+    assert got == want
+
+    page.get_by_role("tab", name="PNG info").click()
+    page.locator("#pnginfo-send-inpaint").click()
+    page.wait_for_function("(document.querySelector('#inpaint-prompt textarea') || {}).value === 'a tall lighthouse'")
+    assert page.get_by_role("tab", name="inpaint").get_attribute("aria-selected") == "true"
+    assert value_of(page, "inpaint-seed") == "4321"
+    assert ui.errors == [], ui.errors
+
+
+def test_interrupt_stops_a_long_job_and_the_next_one_runs(ui, server, tmp_path):
+    import time
+
+    page = ui.open()
+    photo = tmp_path / "small.png"
+    photo.write_bytes(photo_png((32, 32), seed=5))
+    page.locator("#img2img-image input[type=file]").set_input_files(str(photo))
+    page.locator("#img2img-image img").wait_for()
+    page.locator("#img2img-prompt textarea").fill("a long job")
+    set_number(page, "img2img-steps", 1000)
+    set_number(page, "img2img-seed", 11)
+    page.locator("#img2img-generate").click()
+    page.locator("#img2img-status", has_text="step ").wait_for()
+    job_id = server.services.worker.current.job_id
+    clicked = time.time()
+    page.locator("#img2img-interrupt").click()
+    page.locator("#img2img-status", has_text="interrupted").wait_for(timeout=10000)
+    took = time.time() - clicked
+    job = server.services.store.get(job_id)
+    assert job.state == "cancelled" and job.error == "interrupted", (job.state, job.error)
+    assert took < 5, f"the interrupt took {took:.1f} s"
+    assert server.services.worker.current is None
+    shot(page, "interrupted")
+
+    set_number(page, "img2img-steps", 2)
+    page.locator("#img2img-generate").click()
+    page.locator("#img2img-status", has_text="1 image(s)").wait_for()
+    assert ui.errors == [], ui.errors
+
+
+def test_own_depth_map_upload_is_the_depth_used(ui, server, tmp_path):
+    page = ui.open()
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(PHOTO)
+    # a full-range left-to-right gradient at the photo's size: the 16-bit map the job stores is v * 257,
+    # so the 8-bit view must give v back (±1 for rounding); no resize, so nothing else may differ
+    gradient = np.tile(np.round(np.linspace(0, 255, 64)).astype(np.uint8), (64, 1))
+    depth = tmp_path / "depth.png"
+    Image.fromarray(gradient).save(depth)
+    page.locator("#img2img-image input[type=file]").set_input_files(str(photo))
+    page.locator("#img2img-image img").wait_for()
+    open_depth(page, "img2img")
+    page.locator("#img2img-depth_map input[type=file]").set_input_files(str(depth))
+    page.locator("#img2img-depth_map img").wait_for()
+    page.locator("#img2img-prompt textarea").fill("a ramp")
+    set_number(page, "img2img-steps", 2)
+    set_number(page, "img2img-seed", 3)
+    page.locator("#img2img-generate").click()
+    page.locator("#img2img-status", has_text="1 image(s)").wait_for()
+    assert "Depth: own map" in page.locator("#img2img-infotext textarea").input_value()
+    shown = np.asarray(fetch(server, page.locator("#img2img-depth-used img").get_attribute("src")).convert("L"))
+    assert shown.shape == gradient.shape
+    assert np.abs(shown.astype(int) - gradient).max() <= 1
+    assert ui.errors == [], ui.errors
+
+
+def test_last_used_settings_survive_a_reload(ui):
+    page = ui.open()
+    page.locator("#img2img-prompt textarea").fill("remember me")
+    set_number(page, "img2img-steps", 7)
+    page.wait_for_timeout(1000)  # the save is one request per change
+    page.reload()
+    page.locator("#img2img-generate").wait_for()
+    page.wait_for_function("document.querySelector('#img2img-prompt textarea').value === 'remember me'")
+    page.wait_for_function("document.querySelector('#img2img-steps input[type=number]').value === '7'")
+    page.get_by_role("tab", name="inpaint").click()
+    assert page.locator("#inpaint-prompt textarea").input_value() == ""  # the other tab keeps its own
+    assert ui.errors == [], ui.errors
+
+
+def test_sweep_tab_draws_the_strength_grid(ui, server, tmp_path):
+    page = ui.open()
+    page.get_by_role("tab", name="sweep").click()
+    photo = tmp_path / "small.png"
+    photo.write_bytes(photo_png((32, 32), seed=8))
+    page.locator("#sweep-image input[type=file]").set_input_files(str(photo))
+    page.locator("#sweep-image img").wait_for()
+    page.locator("#sweep-prompt textarea").fill("a sweep")
+    set_number(page, "sweep-steps", 2)
+    set_number(page, "sweep-seed", 9)
+    page.locator("#sweep-strengths textarea, #sweep-strengths input").first.fill("0.5,1")
+    page.locator("#sweep-run").click()
+    page.locator("#sweep-status", has_text="2 cells, seed 9").wait_for()
+    shot(page, "sweep")
+    grid = fetch(server, page.locator("#sweep-grid img").get_attribute("src"))
+    # input, depth map and two strength columns of 32 px, one row, plus the label column and header
+    assert grid.width > 4 * 32 and grid.height > 32, grid.size
+    assert server.services.store.count("queued") == 0 and server.services.worker.current is None
+    assert ui.errors == [], ui.errors

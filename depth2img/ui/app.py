@@ -30,7 +30,7 @@ def queue_text(svc: Services) -> str:
 
 
 def build(svc: Services) -> gr.Blocks:
-    from . import depth_tab, generate
+    from . import depth_tab, generate, pnginfo, sweep_tab
 
     with gr.Blocks(title="depth2img", analytics_enabled=False) as blocks:
         with gr.Row(elem_id="topbar"):
@@ -42,13 +42,17 @@ def build(svc: Services) -> gr.Blocks:
                                       info="A depth model's estimator to use instead of the checkpoint's own.")
             queue = gr.Markdown(queue_text(svc), elem_id="top-queue")
         top: dict[str, Any] = {"model": model, "depth_model": depth_model}
-        with gr.Tabs(elem_id="tabs"):
+        with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("img2img", id="img2img"):
-                generate.build_tab(svc, "img2img", top)
+                img2img = generate.build_tab(svc, "img2img", top)
             with gr.Tab("inpaint", id="inpaint"):
-                generate.build_tab(svc, "inpaint", top, inpaint=True)
+                inpaint = generate.build_tab(svc, "inpaint", top, inpaint=True)
             with gr.Tab("depth", id="depth"):
                 depth_tab.build_tab(svc, top)
+            with gr.Tab("sweep", id="sweep"):
+                sweep_tab.build_tab(svc, top)
+            with gr.Tab("PNG info", id="pnginfo"):
+                pnginfo.build_tab(svc, tabs, {"img2img": img2img, "inpaint": inpaint})
 
         def do_refresh(current):
             svc.registry.refresh()
@@ -56,6 +60,37 @@ def build(svc: Services) -> gr.Blocks:
             value = current if current in svc.registry.entries else svc.registry.default
             return gr.update(choices=choices, value=value), gr.update(choices=[(OWN_ESTIMATOR, "")] + choices)
 
+        remember(blocks, [img2img, inpaint])
         refresh.click(do_refresh, model, [model, depth_model], queue=False)
         gr.Timer(2.0).tick(lambda: queue_text(svc), None, queue, queue=False, show_progress="hidden")
     return blocks
+
+
+def remember(blocks: gr.Blocks, tabs: list[Any]) -> None:
+    """The last used settings of the generation tabs survive a reload: every change is saved in the
+    browser (gr.BrowserState: localStorage, encrypted with a per-server secret), and restored on load.
+
+    Keyed by elem_id, so a renamed field is simply not restored; a saved choice that is no longer
+    offered is skipped (every value is still checked at submit, as any other).
+    """
+    from ..request import PARAMS
+
+    comps = [c for tab in tabs for c in (*tab.inputs, tab.batch_count)]
+    keys = [c.elem_id for c in comps]
+    choices = {}
+    for tab in tabs:
+        for name, c in tab.by_name.items():
+            if PARAMS[name].kind == "choice":
+                choices[c.elem_id] = PARAMS[name].choices
+    stored = gr.BrowserState({}, storage_key="depth2img-settings")
+
+    def save(*values):
+        return dict(zip(keys, values))
+
+    def restore(saved):
+        saved = saved if isinstance(saved, dict) else {}
+        return [gr.update(value=saved[k]) if k in saved and (k not in choices or saved[k] in choices[k])
+                else gr.update() for k in keys]
+
+    gr.on([c.change for c in comps], save, comps, stored, queue=False, show_progress="hidden")
+    blocks.load(restore, stored, comps, queue=False, show_progress="hidden")
