@@ -29,9 +29,10 @@ from typing import Any
 
 import torch
 
+from ..models.files import EMBEDDING_SUFFIXES
 from ..errors import InvalidRequestError, ModelLoadError
 
-SUFFIXES = (".pt", ".safetensors", ".bin")
+SUFFIXES = EMBEDDING_SUFFIXES  # the one table: models/files.py
 SHORT_HASH = 12  # A1111's Embedding.set_hash: hash[0:12]
 
 

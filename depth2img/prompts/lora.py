@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..models.files import LORA_SUFFIXES
 from ..errors import InvalidRequestError
 from .parser import extract_extra_networks
 
-SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
+SUFFIXES = LORA_SUFFIXES  # the one table: models/files.py
 SHORT_HASH = 12  # A1111's NetworkOnDisk.set_hash: hash[0:12]
 ADAPTER = "depth2img_lora_{}"
 
