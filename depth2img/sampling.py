@@ -143,7 +143,34 @@ def denoise(
     return latents
 
 
-class LatentBlend:
+class SchedulerWrapper:
+    """Base of the scheduler wrappers: everything is delegated to the wrapped scheduler, and after each
+    ``step`` a subclass may change the latents (:meth:`after_step`, given the index of the step that
+    follows). k-diffusion's wrapper style on the scheduler side, so :func:`denoise` stays five lines."""
+
+    def __init__(self, scheduler: Any, timesteps: torch.Tensor) -> None:
+        self.scheduler, self.timesteps, self.index = scheduler, timesteps, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.scheduler, name)
+
+    def step(self, eps: torch.Tensor, t: torch.Tensor, latents: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, ...]:
+        out = self.scheduler.step(eps, t, latents, **kwargs)
+        latents = out[0] if isinstance(out, tuple) else out.prev_sample
+        self.index += 1
+        return (self.after_step(latents),)
+
+    def after_step(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents
+
+    def renoised(self, clean: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """``clean`` re-noised with ``noise`` to the timestep the next step starts from (clean after the last)."""
+        if self.index < len(self.timesteps):
+            return self.scheduler.add_noise(clean, noise, self.timesteps[self.index : self.index + 1])
+        return clean
+
+
+class LatentBlend(SchedulerWrapper):
     """Inpainting with a non-inpainting UNet: a scheduler wrapper that re-imposes the kept region.
 
     After every ``step``, ``latents = (1 - m)·init_t + m·latents`` where ``m`` is the latent mask
@@ -157,17 +184,9 @@ class LatentBlend:
     def __init__(
         self, scheduler: Any, init: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor, timesteps: torch.Tensor
     ) -> None:
-        self.scheduler, self.init, self.noise, self.mask = scheduler, init, noise, mask  # (B, 4, h, w) x2, (1, 1, h, w)
-        self.timesteps, self.index = timesteps, 0
+        super().__init__(scheduler, timesteps)
+        self.init, self.noise, self.mask = init, noise, mask  # (B, 4, h, w) x2, (1, 1, h, w)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.scheduler, name)
-
-    def step(self, eps: torch.Tensor, t: torch.Tensor, latents: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, ...]:
-        out = self.scheduler.step(eps, t, latents, **kwargs)
-        latents = out[0] if isinstance(out, tuple) else out.prev_sample
-        self.index += 1
-        kept = self.init
-        if self.index < len(self.timesteps):
-            kept = self.scheduler.add_noise(self.init, self.noise, self.timesteps[self.index : self.index + 1])
-        return ((1 - self.mask) * kept + self.mask * latents,)
+    def after_step(self, latents: torch.Tensor) -> torch.Tensor:
+        kept = self.renoised(self.init, self.noise)
+        return (1 - self.mask) * kept + self.mask * latents

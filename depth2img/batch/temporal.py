@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..sampling import SchedulerWrapper
+
 TEMPORAL_MODES = ("none", "fixed-noise", "fusion")
 DEPTH_NORMS = ("frame", "clip", "ema")
 EMA_ALPHA = 0.2
@@ -31,7 +33,7 @@ def frame_seed(base: int, index: int, temporal: str) -> int:
     return base + index if temporal == "none" else base
 
 
-class LatentFusion:
+class LatentFusion(SchedulerWrapper):
     """A scheduler wrapper (like :class:`~depth2img.sampling.LatentBlend`) for Rerender-style latent fusion.
 
     ``target`` is the previous output frame's final latents warped to this frame by optical flow, ``mask``
@@ -44,21 +46,15 @@ class LatentFusion:
 
     def __init__(self, scheduler: Any, target: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor,
                  timesteps: torch.Tensor, strength: float, end: float = 0.8) -> None:
-        self.scheduler, self.target, self.noise, self.mask = scheduler, target, noise, mask
-        self.timesteps, self.strength, self.end, self.index = timesteps, strength, end, 0
+        super().__init__(scheduler, timesteps)
+        self.target, self.noise, self.mask, self.strength, self.end = target, noise, mask, strength, end
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.scheduler, name)
-
-    def step(self, eps: torch.Tensor, t: torch.Tensor, latents: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, ...]:
-        out = self.scheduler.step(eps, t, latents, **kwargs)
-        latents = out[0] if isinstance(out, tuple) else out.prev_sample
-        self.index += 1
+    def after_step(self, latents: torch.Tensor) -> torch.Tensor:
         n = len(self.timesteps)
         if self.index < n and self.index <= self.end * n:
-            goal = self.scheduler.add_noise(self.target, self.noise, self.timesteps[self.index : self.index + 1])
+            goal = self.renoised(self.target, self.noise)
             latents = latents + self.strength * self.mask * (goal - latents)
-        return (latents,)
+        return latents
 
 
 def warp_latents(previous: torch.Tensor, flow_to_previous: np.ndarray, valid: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

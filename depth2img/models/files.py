@@ -32,3 +32,13 @@ def sidecar_config(path: str | Path) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def files_by_stem(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
+    """The files of ``folder`` with one of ``suffixes``, by file stem (the name a prompt uses); the first
+    in sorted order wins a clash, as A1111's extra-network listings do."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in suffixes:
+            found.setdefault(path.stem, path)
+    return found

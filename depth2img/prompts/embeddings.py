@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from ..models.files import EMBEDDING_SUFFIXES
+from ..models.files import EMBEDDING_SUFFIXES, files_by_stem
 from ..errors import InvalidRequestError, ModelLoadError
 
 SUFFIXES = EMBEDDING_SUFFIXES  # the one table: models/files.py
@@ -96,10 +96,7 @@ class EmbeddingDatabase:
         self.folder, self.width = Path(folder), width
         if not self.folder.is_dir():
             raise InvalidRequestError(f"embeddings folder not found: {self.folder}")
-        self.paths: dict[str, Path] = {}
-        for path in sorted(self.folder.iterdir()):
-            if path.is_file() and path.suffix.lower() in SUFFIXES:
-                self.paths.setdefault(path.stem, path)
+        self.paths: dict[str, Path] = files_by_stem(self.folder, SUFFIXES)
         # A1111's ids_lookup: first token → [(token ids of the name, name)], longest name first
         self._lookup: dict[int, list[tuple[tuple[int, ...], str]]] = {}
         for name in self.paths:

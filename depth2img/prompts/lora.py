@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..models.files import LORA_SUFFIXES
+from ..models.files import LORA_SUFFIXES, files_by_stem
 from ..errors import InvalidRequestError
 from .parser import extract_extra_networks
 
@@ -51,10 +51,7 @@ class LoraLibrary:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise InvalidRequestError(f"LoRA folder not found: {self.folder}")
-        self.paths: dict[str, Path] = {}
-        for path in sorted(self.folder.iterdir()):
-            if path.is_file() and path.suffix.lower() in SUFFIXES:
-                self.paths.setdefault(path.stem, path)
+        self.paths: dict[str, Path] = files_by_stem(self.folder, SUFFIXES)
         self._hashes: dict[tuple[str, int, int], str] = {}
         self._lock = threading.Lock()
 
