@@ -320,14 +320,10 @@ class Pipeline:
             text = extract_extra_networks(text)[0]
         if weighting.needs_chunking(tokenizer, text, self.embeddings):
             return self._encode_chunked(text, what, notes)
+        # Plain path (no syntax, at most 75 tokens, so nothing is truncated): diffusers' own call, for parity.
         ids = tokenizer(
             text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
         ).input_ids
-        # verbose=False: transformers' "sequence length is longer than ... indexing errors" does not apply
-        # to a count we only use for this note.
-        full = tokenizer(text, padding="longest", return_tensors="pt", verbose=False).input_ids
-        if full.shape[-1] > ids.shape[-1]:
-            notes.append(truncation_note(tokenizer, full[0], what))
         mask = None
         if getattr(self.text_encoder.config, "use_attention_mask", False):
             mask = torch.ones_like(ids).to(self.device)
@@ -442,14 +438,6 @@ def encode_sdxl_prompt(pipe: Pipeline, prompt: str, negative: str, batch: int, g
                                 pipe.device, pipe.dtype).repeat(batch)
 
     return encode(prompt), encode(negative) if guidance else None
-
-
-def truncation_note(tokenizer: Any, ids: torch.Tensor, what: str) -> str:
-    """One short line: how long the prompt is, how much the text encoder reads, the first words dropped."""
-    limit = tokenizer.model_max_length
-    dropped = tokenizer.decode(ids[limit - 1 : -1], skip_special_tokens=True).split()
-    head = " ".join(dropped[:8]) + (" ..." if len(dropped) > 8 else "")
-    return f"{what} is {len(ids)} tokens, the text encoder reads {limit} (start and end included): dropped '{head}'"
 
 
 def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> Any:
