@@ -113,6 +113,10 @@ def parse_controlnet_unit(text: str) -> dict[str, str]:
     return out
 
 
+# An infotext key: A1111's re_param_code key pattern (it uses ``+``, i.e. at least two characters); the
+# infotext parser reads with it and GenerationRequest.extra is checked against it.
+INFOTEXT_KEY_PATTERN = r"\w[\w \-/]*"
+
 # The infotext keys depth2img writes itself, in A1111's order. ``GenerationRequest.extra`` may add
 # keys but never one of these (it cannot rewrite the seed or the steps a picture was made with).
 INFOTEXT_KEYS: tuple[str, ...] = (

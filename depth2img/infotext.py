@@ -11,10 +11,11 @@ import json
 import re
 from PIL import Image
 
+from .a1111 import INFOTEXT_KEY_PATTERN
 from .request import ImageInput
 
 _NEGATIVE = "Negative prompt:"
-_KEY = r"\w[\w \-/]*"  # A1111's key pattern (it uses + , i.e. at least two characters)
+_KEY = INFOTEXT_KEY_PATTERN
 # A1111's re_param_code: a key, then a JSON-quoted value or anything up to the next comma.
 _PAIR = re.compile(rf'\s*({_KEY}):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _PARAM_LINE = re.compile(rf'(?:\s*{_KEY}:\s*(?:"(?:\\.|[^\\"])+"|[^,]*)(?:,|$))+')

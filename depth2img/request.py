@@ -255,7 +255,7 @@ def check_image_size(size: tuple[int, int], width_name: str = "width", height_na
             f"{height_name} (e.g. {hint}) or resize the photo")
 
 
-_EXTRA_KEY = re.compile(r"\w[\w \-/]*")  # A1111's infotext key pattern (infotext.py parses with it)
+_EXTRA_KEY = re.compile(a1111.INFOTEXT_KEY_PATTERN)
 
 
 def check_value(field_name: str, value: Any, spec: Param, name: str) -> None:
