@@ -37,15 +37,24 @@ class BasicAuthMiddleware:
         await send({"type": "http.response.body", "body": body})
 
     def _allowed(self, scope: Scope) -> bool:
-        header = dict(scope.get("headers") or ()).get(b"authorization", b"")
-        scheme, _, token = header.partition(b" ")
-        if scheme.lower() != b"basic":
+        credentials = basic_credentials(dict(scope.get("headers") or ()).get(b"authorization", b""))
+        if credentials is None:
             return False
-        try:
-            user, sep, password = base64.b64decode(token.strip(), validate=True).partition(b":")
-        except (binascii.Error, ValueError):
-            return False
+        user, password = credentials
         ok = False
         for u, p in self._pairs:  # no early exit: every pair is compared
-            ok |= hmac.compare_digest(user, u) & hmac.compare_digest(password, p) & bool(sep)
+            ok |= hmac.compare_digest(user, u) & hmac.compare_digest(password, p)
         return ok
+
+
+def basic_credentials(header: bytes) -> tuple[bytes, bytes] | None:
+    """``(user, password)`` of an ``Authorization: Basic`` header (RFC 7617), or None when it is missing,
+    another scheme, not base64, or has no ``:``. The middleware checks them; the UI reads the user name."""
+    scheme, _, token = header.partition(b" ")
+    if scheme.lower() != b"basic":
+        return None
+    try:
+        user, sep, password = base64.b64decode(token.strip(), validate=True).partition(b":")
+    except (binascii.Error, ValueError):
+        return None
+    return (user, password) if sep else None

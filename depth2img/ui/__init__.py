@@ -90,13 +90,9 @@ def _open_when_listening(host: str, port: int, timeout: float = 60.0) -> None:
 
 def _user(request: Any) -> str | None:
     """The HTTP Basic user (the middleware outside already checked the password)."""
-    import base64
+    from ..server.auth import basic_credentials
 
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "basic":
+    credentials = basic_credentials(request.headers.get("authorization", "").encode("latin-1"))
+    if credentials is None:
         return None
-    try:
-        return base64.b64decode(token).decode("utf-8", "replace").partition(":")[0] or None
-    except ValueError:
-        return None
+    return credentials[0].decode("utf-8", "replace") or None
