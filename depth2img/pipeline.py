@@ -25,6 +25,7 @@ from PIL import Image
 
 from . import __version__, a1111
 from .backends import Backend, Conditioning, select_backend
+from .caches import LRUCache, depth_key, text_key
 from .depth import (
     DepthMaps,
     adjust_depth,
@@ -121,6 +122,10 @@ class Pipeline:
         self.embeddings: Any = None  # textual inversions found in the prompt by name (prompts.embeddings)
         self.loras: Any = None  # a LoRA folder (prompts.lora.LoraLibrary) for <lora:name:w> and request.loras
         self.styles: dict[str, Any] | None = None  # A1111 styles.csv (prompts.styles), for request.styles
+        # Exact-mode caches of this pipeline (caches.py): prompt embeddings and raw depth estimates, keyed on
+        # everything that changes them. Replace with LRUCache(0) to turn one off.
+        self.text_cache = LRUCache(32)  # (1, 77·chunks, D) per text; the negative/unconditional one included
+        self.depth_cache = LRUCache(8)  # (1, h, w) raw estimate per image content + estimator
 
     @property
     def kind(self) -> str:
@@ -194,7 +199,8 @@ class Pipeline:
             return self._result(plan, pictures, depth, notes)
 
         # 2. Encode the prompt: a Conditioning with (B, 77, D) text embeddings each.
-        cond, uncond = self.encode_prompt(request.prompt, request.negative_prompt, batch, request.guidance_scale > 1, notes)
+        cond, uncond = self.encode_prompt(request.prompt, request.negative_prompt, batch, request.guidance_scale > 1, notes,
+                                          loras=tuple(plan.loras))
 
         # 3. Timesteps, truncated by strength (depth only: the whole schedule, from pure noise).
         scheduler = make_scheduler(request.scheduler, self.scheduler.config)
@@ -295,9 +301,14 @@ class Pipeline:
         return floor_to_multiple(width, height, self.vae_scale_factor)
 
     def encode_prompt(
-        self, prompt: str, negative_prompt: str, batch: int, guidance: bool, notes: list[str] | None = None
+        self, prompt: str, negative_prompt: str, batch: int, guidance: bool, notes: list[str] | None = None,
+        loras: tuple[Any, ...] = (),
     ) -> tuple[Conditioning, Conditioning | None]:
         """Text embeddings (B, 77, D), as diffusers' ``encode_prompt`` with clip_skip None.
+
+        Each text (the negative, i.e. unconditional, one included) is encoded once per request and then
+        repeated over the batch, and looked up in :attr:`text_cache` first (``loras``: those applied to
+        the text encoder for this run, part of the key).
 
         For SD2 the folder's text encoder has 23 layers: its last hidden state after final_layer_norm
         *is* OpenCLIP's penultimate layer + ln_final, as the original "penultimate" embedder.
@@ -305,13 +316,24 @@ class Pipeline:
         notes = [] if notes is None else notes
         if self.text_encoder_2 is not None:  # SDXL: two encoders, pooled embeddings (backends/sdxl_text.py)
             return encode_sdxl_prompt(self, prompt, negative_prompt, batch, guidance)
-        text = self._encode_text(prompt, "prompt", notes)
-        negative = self._encode_text(negative_prompt, "negative prompt", notes) if guidance else None
+        text = self._cached_text(prompt, "prompt", notes, loras)
+        negative = self._cached_text(negative_prompt, "negative prompt", notes, loras) if guidance else None
         if negative is not None and negative.shape[1] != text.shape[1]:  # A1111 chunks: pad with the empty prompt
-            text, negative = weighting.pad_to_same_length(text, negative, self._encode_text("", "", []))
+            text, negative = weighting.pad_to_same_length(text, negative, self._cached_text("", "", [], loras))
         cond = Conditioning(text).repeat(batch)
         uncond = Conditioning(negative).repeat(batch) if negative is not None else None
         return cond, uncond
+
+    def _cached_text(self, text: str, what: str, notes: list[str], loras: tuple[Any, ...]) -> torch.Tensor:
+        """:meth:`_encode_text` through :attr:`text_cache`; the notes it wrote are replayed on a hit."""
+        def compute() -> tuple[torch.Tensor, list[str]]:
+            own: list[str] = []
+            return self._encode_text(text, what, own), own
+
+        key = text_key(text, self.text_encoder, self.tokenizer, self.embeddings, loras, self.device, self.dtype)
+        embedding, own = self.text_cache.get_or_compute(key + (what,), compute)
+        notes.extend(own)
+        return embedding
 
     def _encode_text(self, text: str, what: str, notes: list[str]) -> torch.Tensor:
         """(1, 77, D); an A1111 prompt (weights, BREAK, embeddings, > 75 tokens): (1, 77 * chunks, D)."""
@@ -352,7 +374,9 @@ class Pipeline:
             raw, source = torch.from_numpy(user_depth)[None], "user"  # (1, H, W)
         else:
             assert image is not None  # check_inputs: depth only needs a depth map
-            raw, source = estimate_depth(self.depth_estimator, self.feature_extractor, image), "estimated"
+            key = depth_key(image, self.depth_estimator, self.feature_extractor)
+            raw = self.depth_cache.get_or_compute(key, lambda: estimate_depth(self.depth_estimator, self.feature_extractor, image))
+            raw, source = raw.clone(), "estimated"  # (1, h, w); a copy, so no caller can change the cached one
         if request is not None and (request.invert_depth or tuple(request.depth_clip) != PERCENTILES):
             raw = torch.from_numpy(adjust_depth(raw[0].numpy(), invert=request.invert_depth, clip=request.depth_clip))[None]
         return DepthMaps(raw=raw[0].numpy(), normalized=normalize_depth(raw, latent_size, notes, depth_range), source=source)
