@@ -256,7 +256,8 @@ class Pipeline:
     # -- steps -------------------------------------------------------------------------------------
 
     def check_inputs(self, request: GenerationRequest) -> GenerationRequest:
-        request.validate()
+        """Validate, then resolve the preset (request.resolved): a plan always has its sampler and steps."""
+        request = request.validate().resolved()
         self.backend.check_inputs(request, model=self.name, has_estimator=self.depth_estimator is not None)
         return request
 

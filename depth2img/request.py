@@ -5,8 +5,8 @@ Each parameter is declared once, here: its type, default, range, choices, help t
 AUTOMATIC1111 API name live on the field (:class:`Param`, ComfyUI's INPUT_TYPES idea). ``validate()``,
 the CLI options, the HTTP schemas and the UI form are derived from :data:`PARAMS`; adding a parameter
 is one edit. Field names and defaults follow diffusers' ``StableDiffusionDepth2ImgPipeline.__call__``
-where it has the field (strength 0.8, 50 steps, guidance 7.5, eta 0) and AUTOMATIC1111's img2img where
-it does not (resize modes, seed -1 = random, per-image seeds ``seed + i``, the inpainting options).
+where it has the field (strength 0.8, guidance 7.5, eta 0; sampler and steps come from :data:`PRESETS`:
+``preset="reference"`` is diffusers' pndm and 50 steps) and AUTOMATIC1111's img2img where it does not (resize modes, seed -1 = random, per-image seeds ``seed + i``, the inpainting options).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 __all__ = ["GenerationRequest", "Param", "PARAMS", "ImageInput", "DepthInput", "ResizeMode", "MaskedContent",
-           "InpaintArea", "SchedulerName", "RESIZE_MODES", "MASKED_CONTENTS", "INPAINT_AREAS", "SCHEDULER_NAMES"]
+           "InpaintArea", "SchedulerName", "Preset", "PRESETS", "PRESET_NAMES", "RESIZE_MODES", "MASKED_CONTENTS", "INPAINT_AREAS", "SCHEDULER_NAMES"]
 
 RESIZE_MODES: tuple[str, ...] = get_args(ResizeMode)
 MASKED_CONTENTS: tuple[str, ...] = get_args(MaskedContent)
@@ -48,6 +48,20 @@ MAX_BATCH = 64
 MAX_STEPS = 1000
 MAX_SIDE = 4096
 PERCENTILES = (0.0, 100.0)  # depth_clip's range and its "no clip" default
+
+Preset = Literal["default", "reference"]
+PRESET_NAMES: tuple[str, ...] = get_args(Preset)
+# What a preset gives the fields the user left out (None). "reference" is diffusers'
+# StableDiffusionDepth2ImgPipeline.__call__ with the model's own scheduler: PNDM (PLMS), 50 steps; bit-exact
+# parity with diffusers (tests/test_parity.py). "default" is DPM-Solver++(2M) with Karras sigmas at 20 steps:
+# Lu et al. 2022 (arXiv 2211.01095) report high-quality guided samples "within only 15 to 20 steps" for
+# latent DPMs where DDIM/PLMS need far more; AUTOMATIC1111's UI defaults to 20 steps and, since v1.9, to
+# DPM++ 2M with the Karras schedule (its sampler PR #4304: "very detailed at all steps starting from 15").
+# 20 steps x strength 0.8 = 16 UNet steps instead of 40 (0.4 of the UNet work); benchmarks/ measure it.
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {"scheduler": "dpmpp_2m_karras", "steps": 20},
+    "reference": {"scheduler": "pndm", "steps": 50},
+}
 
 Kind = Literal["text", "image", "depth", "float", "int", "seed", "size", "choice", "bool", "pair", "extra", "names"]
 
@@ -72,6 +86,7 @@ class Param:
     a1111: str | None = None
     group: str = "generation"
     cli: bool = True
+    optional: bool = False  # None allowed: "not given", resolved in one place (GenerationRequest.resolved)
 
 
 def param(default: Any, kind: Kind, help: str, **options: Any) -> Any:
@@ -91,7 +106,11 @@ class GenerationRequest:
     strength: float = param(
         0.8, "float", "Denoising strength; with depth, 1.0 still keeps the layout. 0 returns the photo unchanged "
         "(as A1111). Ignored in depth-only generation.", low=0.0, high=1.0, a1111="denoising_strength")
-    steps: int = param(50, "int", "Sampling steps (before strength truncation).", low=1, high=MAX_STEPS, a1111="steps")
+    preset: Preset = param(
+        "default", "choice", "Defaults for the sampler and steps you do not give: default (DPM++ 2M Karras, 20 steps) "
+        "or reference (diffusers' depth2img: pndm, 50 steps, bit-exact).", choices=PRESET_NAMES, group="speed")
+    steps: int | None = param(None, "int", "Sampling steps (before strength truncation); default: the preset's.",
+                              low=1, high=MAX_STEPS, a1111="steps", optional=True)
     guidance_scale: float = param(7.5, "float", "Classifier-free guidance scale (1 or less: off).", low=0.0, high=100.0,
                                   flag="--cfg", a1111="cfg_scale")
     seed: int | None = param(-1, "seed", "Seed; -1 = random (the seed drawn is reported). Image i of a batch uses "
@@ -104,8 +123,8 @@ class GenerationRequest:
                                low=8, high=MAX_SIDE, a1111="height", group="size")
     resize_mode: ResizeMode = param("just_resize", "choice", "How the photo fits the output size (A1111's modes).",
                                     choices=RESIZE_MODES, a1111="resize_mode", group="size")
-    scheduler: SchedulerName = param("pndm", "choice", "Sampler (pndm is the model's own).", choices=SCHEDULER_NAMES,
-                                     a1111="sampler_name")
+    scheduler: SchedulerName | None = param(None, "choice", "Sampler (pndm is the model's own); default: the preset's.",
+                                            choices=SCHEDULER_NAMES, a1111="sampler_name", optional=True)
     styles: tuple[str, ...] = param(
         (), "names", "A saved style to apply (A1111 styles.csv, see --styles-file); repeat for several, applied in order.",
         flag="--style", a1111="styles", group="prompt")
@@ -159,6 +178,14 @@ class GenerationRequest:
             raise InvalidRequestError(f"unknown request field {unknown[0]!r}")
         return dataclasses.replace(self, **changes)
 
+    def resolved(self) -> GenerationRequest:
+        """The fields left out (None) filled from the preset; what the user gave always wins. The one place
+        where "not given" is decided: the pipeline plans with the resolved request, so the infotext records
+        the sampler and steps actually used."""
+        preset = PRESETS.get(self.preset, PRESETS["default"])
+        changes = {name: value for name, value in preset.items() if getattr(self, name) is None}
+        return dataclasses.replace(self, **changes) if changes else self
+
     def validate(self, *, label: Callable[[str], str] | None = None) -> GenerationRequest:
         """Raise :class:`InvalidRequestError` naming the first bad field; return self when all is well.
 
@@ -190,9 +217,10 @@ class GenerationRequest:
         if self.control_start >= self.control_end:
             raise InvalidRequestError(
                 f"{name('control_start')} {self.control_start:g} must be below {name('control_end')} {self.control_end:g}")
-        if self.image is not None and 0 < self.strength and int(self.steps * self.strength) == 0:
+        steps = self.resolved().steps
+        if self.image is not None and 0 < self.strength and int(steps * self.strength) == 0:
             raise InvalidRequestError(
-                f"{name('strength')} {self.strength:g} with {self.steps} {name('steps')} runs no denoising step; "
+                f"{name('strength')} {self.strength:g} with {steps} {name('steps')} runs no denoising step; "
                 "raise either (or use strength 0 to keep the photo unchanged)")
         if self.width is None and self.image is not None and hasattr(self.image, "size"):
             check_image_size(self.image.size, name("width"), name("height"))
@@ -202,8 +230,9 @@ class GenerationRequest:
         notes = []
         if self.image is None and self.strength != DEFAULTS["strength"]:
             notes.append("strength is ignored in depth-only generation (no image): every step runs from noise")
-        if self.eta != DEFAULTS["eta"] and self.scheduler != "ddim":
-            notes.append(f"eta is ignored by the {self.scheduler} sampler (only ddim uses it)")
+        scheduler = self.resolved().scheduler
+        if self.eta != DEFAULTS["eta"] and scheduler != "ddim":
+            notes.append(f"eta is ignored by the {scheduler} sampler (only ddim uses it)")
         return notes
 
     @property
@@ -261,6 +290,8 @@ _EXTRA_KEY = re.compile(a1111.INFOTEXT_KEY_PATTERN)
 def check_value(field_name: str, value: Any, spec: Param, name: str) -> None:
     """Check one field against its :class:`Param`; ``name`` is how the error refers to it."""
     kind = spec.kind
+    if value is None and spec.optional:
+        return
     if kind == "text":
         if not isinstance(value, str):
             raise InvalidRequestError(f"{name} must be a string, got {type(value).__name__}")

@@ -12,16 +12,18 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ..request import GenerationRequest, flag
+from ..request import PARAMS, GenerationRequest, flag
 from .handling import one_line_errors, say, warn
 from .loading import load, run_with_progress
 from .options import ControlNetOpt, DepthModelOpt, DeviceOpt, DtypeOpt, EmbeddingsDirOpt, LoraDirOpt, ModelOpt, decode_inputs, request_options, to_request_fields
 
+SPEED_FIELDS = tuple(n for n, p in PARAMS.items() if p.group == "speed")
 GENERATE_FIELDS = (
     "image", "prompt", "negative_prompt", "styles", "loras", "strength", "steps", "guidance_scale", "seed", "scheduler", "batch_size",
     "width", "height", "resize_mode", "depth_map", "eta", "mask", "mask_blur", "masked_content", "inpaint_area",
     "padding", "invert_mask", "invert_depth", "depth_clip", "depth_strength", "depth_end",
     "control_weight", "control_start", "control_end", "control_mode",
+    *SPEED_FIELDS,  # preset and the fast-mode knobs: every field of the "speed" group, from the spec
 )
 
 

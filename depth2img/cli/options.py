@@ -85,6 +85,8 @@ def _annotation(name: str, params: Mapping[str, Param], defaults: Mapping[str, A
         "size": Optional[int], "pair": str, "image": Optional[str], "depth": Optional[str],
         "names": Optional[list[str]],  # a repeatable option
     }[spec.kind]
+    if spec.optional:  # not given: None, resolved by the request (GenerationRequest.resolved)
+        python_type = Optional[python_type]
     return Annotated[python_type, option]
 
 

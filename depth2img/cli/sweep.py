@@ -12,7 +12,7 @@ from .handling import err, one_line_errors, say
 from .loading import load
 from .options import DeviceOpt, DtypeOpt, ModelOpt, decode_inputs, request_options, to_request_fields
 
-SWEEP_FIELDS = ("image", "prompt", "negative_prompt", "steps", "guidance_scale", "seed", "scheduler", "width", "height")
+SWEEP_FIELDS = ("image", "prompt", "negative_prompt", "preset", "steps", "guidance_scale", "seed", "scheduler", "width", "height")
 
 
 @one_line_errors

@@ -50,6 +50,8 @@ def _fields() -> dict[str, Any]:
     fields: dict[str, Any] = {}
     for name, spec in PARAMS.items():
         annotation, constraints = _annotation(spec)
+        if spec.optional:  # null or absent: the preset decides (GenerationRequest.resolved)
+            annotation = Optional[annotation]
         help_text = spec.help + (B64_HELP if spec.kind in ("image", "depth") else "")
         extra = {"a1111": spec.a1111} if spec.a1111 else {}
         if name in DEFAULTS:

@@ -25,6 +25,7 @@ CHOICE_LABELS: dict[str, dict[str, str]] = {
     "masked_content": {k: label for k, (_, label) in MASKED_CONTENT.items()},
     "inpaint_area": {k: label for k, (_, label) in INPAINT_AREAS.items()},
 }
+PRESET_CHOICE = "Preset's choice"
 # Fields a form collects (images and the free-form extra are handled by each tab).
 SCALARS = [n for n, p in PARAMS.items() if p.kind not in ("image", "depth", "extra")]
 
@@ -44,6 +45,9 @@ def component(name: str, prefix: str, **overrides: Any) -> Any:
         return gr.Textbox(**{"value": default, "lines": 3, **common})
     if kind == "float":
         return gr.Slider(spec.low, spec.high, value=default, step=_step(spec), **common)
+    if kind == "int" and spec.optional:  # 0 = not given (the spec's None): the preset decides
+        common["info"] = f"{spec.help} 0 = the preset's."
+        return gr.Slider(0, int(spec.high), value=default or 0, step=1, **common)
     if kind == "int":
         return gr.Slider(int(spec.low), int(spec.high), value=default, step=1, **common)
     if kind == "seed":
@@ -53,7 +57,9 @@ def component(name: str, prefix: str, **overrides: Any) -> Any:
         return gr.Number(value=default or 0, minimum=0, maximum=spec.high, step=8, precision=0, **common)
     if kind == "choice":
         names = CHOICE_LABELS.get(name, {})
-        return gr.Dropdown(choices=[(names.get(c, c), c) for c in spec.choices], value=default, **common)
+        unset = [(PRESET_CHOICE, "")] if spec.optional else []  # "" = not given (the spec's None): the preset decides
+        return gr.Dropdown(choices=unset + [(names.get(c, c), c) for c in spec.choices],
+                           value="" if default is None else default, **common)
     if kind == "bool":
         return gr.Checkbox(value=default, **common)
     raise ValueError(f"no single component for {name} ({kind})")
@@ -82,7 +88,9 @@ def to_fields(names: list[str], values: list[Any]) -> dict[str, Any]:
             out[name] = [float(next(it)), float(next(it))]
             continue
         value = next(it)
-        if spec.kind in ("int", "seed"):
+        if spec.optional and value in (None, "", 0):
+            value = None  # not given: the preset decides (GenerationRequest.resolved)
+        elif spec.kind in ("int", "seed"):
             value = DEFAULTS[name] if value is None else int(value)
         elif spec.kind == "size":
             value = None if value in (None, "", 0) else int(value)

@@ -22,6 +22,7 @@ from .uploads import RawImage, read
 GENERATION = ["scheduler", "steps", "guidance_scale", "strength", "seed", "batch_size", "eta"]
 SIZE = [n for n, p in PARAMS.items() if p.group == "size"]
 DEPTH = [n for n, p in PARAMS.items() if p.group == "depth" and p.kind not in ("depth",)]
+SPEED = [n for n, p in PARAMS.items() if p.group == "speed"]  # preset and fast-mode knobs
 INPAINT = [n for n, p in PARAMS.items() if p.group == "inpaint" and p.kind != "image"]
 MAX_BATCH_COUNT = 16
 
@@ -104,6 +105,9 @@ def build_tab(svc: Services, prefix: str, top: dict[str, Any], *, inpaint: bool 
                 for name in DEPTH:
                     add(name)
                 add("eta")
+            with gr.Accordion("Speed", open=False, elem_id=f"{prefix}-speed-accordion"):
+                for name in SPEED:
+                    add(name)
         with gr.Column():
             status = gr.HTML("", elem_id=f"{prefix}-status")
             gallery = gr.Gallery(label="Results", elem_id=f"{prefix}-gallery", columns=2, height=320,

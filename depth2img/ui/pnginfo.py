@@ -96,7 +96,8 @@ def updates_for(tab: Tab, fields: dict[str, Any]) -> list[Any]:
             out.extend(gr.update(value=v) for v in fields.get(name, (None, None)))
         elif name in fields:
             value = fields[name]
-            out.append(gr.update(value=0 if value is None and PARAMS[name].kind == "size" else value))
+            unset = 0 if PARAMS[name].kind in ("size", "int") else ""  # the form's "not given" (ui/form.py)
+            out.append(gr.update(value=unset if value is None else value))
         else:
             out.append(gr.update())
     return [gr.update() if u.get("value", 0) is None else u for u in out]
