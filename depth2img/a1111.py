@@ -127,6 +127,8 @@ INFOTEXT_KEYS: tuple[str, ...] = (
     "Styles",  # not written by A1111 (it stores the styled prompt only); kept so the names survive a paste
     CONTROLNET_UNIT_KEY.format(index=0),
     "TI hashes", "Lora hashes",  # A1111: "name: 12-digit sha256 short hash" per embedding / LoRA used
+    "NGMS",  # A1111's key for s_min_uncond ("Negative Guidance minimum sigma"), depth2img's uncond_sigma
+    "DeepCache", "Precision",  # depth2img's fast-mode knobs (fast.py): written only when on
     "Version",
 )
 RESERVED_INFOTEXT_KEYS: tuple[str, ...] = ("Prompt", "Negative prompt", *INFOTEXT_KEYS)

@@ -36,6 +36,7 @@ from .depth import (
     normalize_depth,
 )
 from .devices import depth_device, parse_device, parse_dtype
+from .fast import Autocast, DeepCacheUNet, SkipUncondDenoiser, low_precision_dtype, native_low_precision, resolve_fast, sigma_of
 from .errors import GenerationCancelled, InvalidRequestError, NonFiniteOutputError
 from .images import floor_to_multiple, load_image, resize_image
 from .infotext import build_infotext
@@ -230,8 +231,17 @@ class Pipeline:
         #    sees eps = model(x, t).
         depth_cond = None if depth is None else depth.normalized.to(self.device, self.dtype).repeat(batch, 1, 1, 1)
         end_timestep = depth_end_timestep(timesteps, request.depth_end)
-        unet = self.backend.denoiser(self.unet, depth_cond, request, end_timestep, timesteps=timesteps)
-        model = CFGDenoiser(unet, cond, uncond, request.guidance_scale)
+        #    The fast-mode knobs (fast.py) wrap the same calls; each is off unless asked for.
+        base = self.unet if request.deepcache_interval == 1 else DeepCacheUNet(self.unet, request.deepcache_interval)
+        unet = self.backend.denoiser(base, depth_cond, request, end_timestep, timesteps=timesteps)
+        model: Any = CFGDenoiser(unet, cond, uncond, request.guidance_scale)
+        if request.uncond_sigma > 0:
+            model = SkipUncondDenoiser(model, sigma_of(scheduler), request.uncond_sigma)
+        if request.low_precision and self.dtype == torch.float32:
+            if not native_low_precision(self.device):
+                notes.append(f"low_precision: this {self.device.type} has no native 16-bit units; it is emulated and "
+                             "may be slower than float32")
+            model = Autocast(model, self.device, low_precision_dtype(self.device))
         latents = denoise(
             scheduler,
             model,
@@ -257,7 +267,7 @@ class Pipeline:
 
     def check_inputs(self, request: GenerationRequest) -> GenerationRequest:
         """Validate, then resolve the preset (request.resolved): a plan always has its sampler and steps."""
-        request = request.validate().resolved()
+        request = resolve_fast(request.validate().resolved(), self.device)
         self.backend.check_inputs(request, model=self.name, has_estimator=self.depth_estimator is not None)
         return request
 
@@ -441,6 +451,10 @@ class Pipeline:
             "TI hashes": None if self.embeddings is None else self.embeddings.hashes(
                 self.tokenizer, [request.prompt, request.negative_prompt]),
             "Lora hashes": self._lora_hashes(request),
+            "NGMS": request.uncond_sigma or None,
+            "DeepCache": request.deepcache_interval if request.deepcache_interval > 1 else None,
+            "Precision": str(low_precision_dtype(self.device)).removeprefix("torch.")
+            if request.low_precision and self.dtype == torch.float32 else None,
             **request.extra,
             "Version": f"depth2img {__version__}",
         }

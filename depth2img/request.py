@@ -169,6 +169,16 @@ class GenerationRequest:
     control_mode: ControlMode = param(
         "balanced", "choice", "balanced; prompt (my prompt is more important: soft injection); controlnet "
         "(ControlNet is more important: diffusers' guess mode).", choices=CONTROL_MODE_NAMES, group="controlnet")
+    # Approximate fast mode (fast.py): each knob off by default and switchable alone; fast=True turns on the
+    # bundle for the knobs left off (fast.resolve_fast). Off, the output is the exact path's bit for bit.
+    fast: bool = param(False, "bool", "Approximate fast mode: turns on the speed knobs left off (uncond sigma 1, "
+                       "DeepCache every 3 steps, 16-bit compute where the hardware has it natively).", group="speed")
+    uncond_sigma: float = param(0.0, "float", "Skip the unconditional pass on every other step once sigma is below "
+                                "this (A1111's NGMS); 0 = off.", low=0.0, high=20.0, group="speed")
+    deepcache_interval: int = param(1, "int", "DeepCache: the whole UNet every N-th step, its deep features reused "
+                                    "in between; 1 = off.", low=1, high=10, group="speed")
+    low_precision: bool = param(False, "bool", "UNet in 16-bit autocast: bfloat16 on CPU (fast only with "
+                                "AVX512-BF16/AMX) and CUDA, float16 on MPS/older CUDA.", group="speed")
     extra: dict[str, Any] = field(default_factory=dict, metadata={"param": Param(
         "extra", "Free-form infotext entries (A1111 keys; cannot override depth2img's own).", cli=False)})
 
