@@ -37,6 +37,7 @@ from .depth import (
 )
 from .devices import depth_device, parse_device, parse_dtype
 from .fast import Autocast, DeepCacheUNet, SkipUncondDenoiser, low_precision_dtype, native_low_precision, resolve_fast, sigma_of
+from .lowmem import enable_low_memory, on_device
 from .errors import GenerationCancelled, InvalidRequestError, NonFiniteOutputError
 from .images import floor_to_multiple, load_image, resize_image
 from .infotext import build_infotext
@@ -100,7 +101,8 @@ class Pipeline:
     input checks, the UNet's conditioning wrapper and infotext entries.
     """
 
-    def __init__(self, components: Components, *, device: torch.device | str | None = None, dtype: Any = None):
+    def __init__(self, components: Components, *, device: torch.device | str | None = None, dtype: Any = None,
+                 low_memory: bool = False):
         check_components(components)
         self.backend: Backend = select_backend(components)
         self.device, self.dtype = parse_device(device), parse_dtype(dtype)
@@ -125,6 +127,10 @@ class Pipeline:
         self.styles: dict[str, Any] | None = None  # A1111 styles.csv (prompts.styles), for request.styles
         # Exact-mode caches of this pipeline (caches.py): prompt embeddings and raw depth estimates, keyed on
         # everything that changes them. Replace with LRUCache(0) to turn one off.
+        # low_memory (lowmem.py): VAE tiling + slicing; on CUDA the text encoder and depth estimator wait on the CPU.
+        self.low_memory = low_memory
+        if low_memory:
+            enable_low_memory(self)
         self.text_cache = LRUCache(32)  # (1, 77·chunks, D) per text; the negative/unconditional one included
         self.depth_cache = LRUCache(8)  # (1, h, w) raw estimate per image content + estimator
 
@@ -339,7 +345,8 @@ class Pipeline:
         """:meth:`_encode_text` through :attr:`text_cache`; the notes it wrote are replayed on a hit."""
         def compute() -> tuple[torch.Tensor, list[str]]:
             own: list[str] = []
-            return self._encode_text(text, what, own), own
+            with on_device(self, self.text_encoder, self.device):
+                return self._encode_text(text, what, own), own
 
         key = text_key(text, self.text_encoder, self.tokenizer, self.embeddings, loras, self.device, self.dtype)
         embedding, own = self.text_cache.get_or_compute(key + (what,), compute)
@@ -386,7 +393,11 @@ class Pipeline:
         else:
             assert image is not None  # check_inputs: depth only needs a depth map
             key = depth_key(image, self.depth_estimator, self.feature_extractor)
-            raw = self.depth_cache.get_or_compute(key, lambda: estimate_depth(self.depth_estimator, self.feature_extractor, image))
+            def compute() -> torch.Tensor:
+                with on_device(self, self.depth_estimator, depth_device(self.device)):
+                    return estimate_depth(self.depth_estimator, self.feature_extractor, image)
+
+            raw = self.depth_cache.get_or_compute(key, compute)
             raw, source = raw.clone(), "estimated"  # (1, h, w); a copy, so no caller can change the cached one
         if request is not None and (request.invert_depth or tuple(request.depth_clip) != PERCENTILES):
             raw = torch.from_numpy(adjust_depth(raw[0].numpy(), invert=request.invert_depth, clip=request.depth_clip))[None]
@@ -508,6 +519,7 @@ def load_pipeline(
     controlnet: str | Path | None = None,
     embeddings_dir: str | Path | None = None,
     lora_dir: str | Path | None = None,
+    low_memory: bool = False,
 ) -> Pipeline:
     """Load ``model`` (built-in name, diffusers folder, checkpoint file, hub id, or Components).
 
@@ -518,6 +530,8 @@ def load_pipeline(
     ``controlnet`` (built-in name, folder or single file) puts the depth through a ControlNet.
     ``embeddings_dir`` holds textual-inversion files a prompt uses by file name (prompts.embeddings).
     ``lora_dir`` holds LoRA files for ``<lora:name:weight>`` and ``request.loras`` (prompts.lora).
+    ``low_memory``: VAE tiling and slicing, and on CUDA the text encoder and depth estimator kept on the
+    CPU between uses (lowmem.py).
     """
     from .models.registry import load_components
 
@@ -525,7 +539,7 @@ def load_pipeline(
     components = model if isinstance(model, Components) else load_components(
         model, dtype=parsed, depth_model=depth_model, cache_dir=cache_dir, controlnet=controlnet
     )
-    pipe = Pipeline(components, device=device, dtype=parsed)
+    pipe = Pipeline(components, device=device, dtype=parsed, low_memory=low_memory)
     pipe.styles = load_styles(styles_file) if styles_file is not None else None
     if embeddings_dir is not None:
         set_embeddings(pipe, embeddings_dir)

@@ -15,7 +15,7 @@ import typer
 from ..request import PARAMS, GenerationRequest, flag
 from .handling import one_line_errors, say, warn
 from .loading import load, run_with_progress
-from .options import ControlNetOpt, DepthModelOpt, DeviceOpt, DtypeOpt, EmbeddingsDirOpt, LoraDirOpt, ModelOpt, decode_inputs, request_options, to_request_fields
+from .options import LowMemoryOpt, ControlNetOpt, DepthModelOpt, DeviceOpt, DtypeOpt, EmbeddingsDirOpt, LoraDirOpt, ModelOpt, decode_inputs, request_options, to_request_fields
 
 SPEED_FIELDS = tuple(n for n, p in PARAMS.items() if p.group == "speed")
 GENERATE_FIELDS = (
@@ -43,6 +43,7 @@ def generate(
     lora_dir: LoraDirOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
+    low_memory: LowMemoryOpt = False,
     *,
     fields: dict[str, Any],
 ) -> None:
@@ -68,7 +69,7 @@ def generate(
 
         loras = LoraLibrary(lora_dir) if lora_dir is not None else None
         requested("", "", request.loras, loras)
-    pipe = load(model, device, dtype, depth_model, controlnet)
+    pipe = load(model, device, dtype, depth_model, controlnet, low_memory=low_memory)
     pipe.loras = loras
     pipe.styles = styles
     if embeddings_dir is not None:

@@ -17,7 +17,8 @@ def checkpoint_cache() -> Path | None:
     return Path.home() / ".cache" / "depth2img" / "checkpoints"
 
 
-def load(model: str, device: str, dtype: str, depth_model: str | None, controlnet: str | None = None) -> Any:
+def load(model: str, device: str, dtype: str, depth_model: str | None, controlnet: str | None = None,
+         low_memory: bool = False) -> Any:
     """``load_pipeline`` behind one spinner instead of the libraries' per-component progress bars."""
     import diffusers
     import transformers
@@ -28,7 +29,7 @@ def load(model: str, device: str, dtype: str, depth_model: str | None, controlne
     transformers.utils.logging.disable_progress_bar()
     with err.status(f"loading {model}...", spinner="dots"):
         return load_pipeline(model, device=device, dtype=dtype, depth_model=depth_model, cache_dir=checkpoint_cache(),
-                             controlnet=controlnet)
+                             controlnet=controlnet, low_memory=low_memory)
 
 
 def run_with_progress(pipe: Any, request: Any) -> Any:

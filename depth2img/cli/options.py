@@ -54,6 +54,8 @@ LoraDirOpt = Annotated[
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or mps.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, float16 or bfloat16.")]
+LowMemoryOpt = Annotated[bool, typer.Option("--low-memory", help="VAE tiling and slicing (1024-2048 px decodes fit); "
+                                            "on CUDA the text encoder and depth estimator wait on the CPU between uses.")]
 
 
 def _help(spec: Param, default: Any) -> str:
