@@ -128,28 +128,28 @@ class DeepCacheUNet:
     the deep blocks (down blocks 1.., the mid block, up blocks ..-2). The calls in between give those blocks
     their recorded outputs instead of running them (their ``forward`` is replaced for that call only), so
     only ``conv_in``, the first down block, the last up block and the output layers compute: the shallow
-    skip branch of the paper's Fig. 3 with cache branch 0. A call whose input shape differs from the
-    recorded one (CFG skipped by NGMS) runs fully. ``interval`` 1 is the plain UNet.
+    skip branch of the paper's Fig. 3 with cache branch 0. Features are kept per input shape (the CFG
+    batch 2B, or B on the steps NGMS skips); a shape not seen yet runs fully. ``interval`` 1 is the plain UNet.
     """
 
     def __init__(self, unet: Any, interval: int) -> None:
         self.unet, self.interval, self.calls = unet, interval, 0
         self.deep = [*unet.down_blocks[1:], unet.mid_block, *unet.up_blocks[:-1]]
-        self.cache: dict[int, Any] = {}
-        self.shape: tuple[int, ...] | None = None
+        self.caches: dict[tuple[int, ...], dict[int, Any]] = {}  # per input shape: CFG batch 2B, or B when NGMS skips
 
     def __getattr__(self, name: str) -> Any:  # config, dtype, device... as the UNet's
         return getattr(self.unet, name)
 
     def __call__(self, sample: torch.Tensor, timestep: Any, *args: Any, **kwargs: Any) -> Any:
-        full = self.calls % self.interval == 0 or tuple(sample.shape) != self.shape
+        shape = tuple(sample.shape)
+        full = self.calls % self.interval == 0 or shape not in self.caches
         self.calls += 1
         if full:
             return self._record(sample, timestep, *args, **kwargs)
         originals = {i: block.__dict__.get("forward") for i, block in enumerate(self.deep)}
         try:
             for i, block in enumerate(self.deep):
-                block.forward = functools.partial(_cached, self.cache[i])
+                block.forward = functools.partial(_cached, self.caches[shape][i])
             return self.unet(sample, timestep, *args, **kwargs)
         finally:
             for i, block in enumerate(self.deep):
@@ -159,9 +159,11 @@ class DeepCacheUNet:
                     block.forward = originals[i]
 
     def _record(self, sample: torch.Tensor, timestep: Any, *args: Any, **kwargs: Any) -> Any:
+        cache: dict[int, Any] = {}
+
         def keep(i: int) -> Any:
             def hook(module: Any, inputs: Any, output: Any) -> None:
-                self.cache[i] = output
+                cache[i] = output
             return hook
 
         handles = [block.register_forward_hook(keep(i)) for i, block in enumerate(self.deep)]
@@ -170,7 +172,7 @@ class DeepCacheUNet:
         finally:
             for handle in handles:
                 handle.remove()
-        self.shape = tuple(sample.shape)
+        self.caches[tuple(sample.shape)] = cache
         return out
 
 
