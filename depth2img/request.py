@@ -150,6 +150,10 @@ class GenerationRequest:
     control_mode: ControlMode = param(
         "balanced", "choice", "balanced; prompt (my prompt is more important: soft injection); controlnet "
         "(ControlNet is more important: diffusers' guess mode).", choices=CONTROL_MODE_NAMES, group="controlnet")
+    control_resize: ResizeMode = param(
+        "crop_and_resize", "choice", "How your own depth map fits the output size with a ControlNet (sd-webui-controlnet's "
+        "resize modes; its default crop_and_resize). An estimated depth comes from the photo already fitted by "
+        "--resize-mode.", choices=RESIZE_MODES, group="controlnet")
     extra: dict[str, Any] = field(default_factory=dict, metadata={"param": Param(
         "extra", "Free-form infotext entries (A1111 keys; cannot override depth2img's own).", cli=False)})
 
@@ -219,7 +223,7 @@ class GenerationRequest:
 
 INPAINT_OPTIONS: tuple[str, ...] = ("mask_blur", "masked_content", "inpaint_area", "padding", "invert_mask")
 DEPTH_CONTROLS: tuple[str, ...] = ("invert_depth", "depth_clip", "depth_strength", "depth_end")
-CONTROL_OPTIONS: tuple[str, ...] = ("control_weight", "control_start", "control_end", "control_mode")
+CONTROL_OPTIONS: tuple[str, ...] = ("control_weight", "control_start", "control_end", "control_mode", "control_resize")
 
 
 def resolve_seeds(seed: int | None, batch: int) -> list[int]:

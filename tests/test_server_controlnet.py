@@ -105,12 +105,12 @@ def test_img2img_depth_unit_equals_library_and_appends_the_detected_map(http, li
 
 def test_txt2img_with_own_map_and_no_detected_map(http, library):
     body = {**COMMON, **unit(module="none", image=b64(_png(DEPTH)), control_mode="My prompt is more important",
-                             resize_mode="Just Resize", save_detected_map=False)}
+                             resize_mode=2, save_detected_map=False)}
     reply = http.post("/sdapi/v1/txt2img", json=body)
     assert reply.status_code == 200, reply.text
     images = reply.json()["images"]
     assert len(images) == 1
-    want = library.generate(depth_map=DEPTH, control_mode="prompt", **LIBRARY)
+    want = library.generate(depth_map=DEPTH, control_mode="prompt", control_resize="resize_and_fill", **LIBRARY)
     assert np.array_equal(decode(images[0]), np.asarray(want.images[0]))
 
 

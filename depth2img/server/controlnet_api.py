@@ -7,7 +7,8 @@ pipeline loads with; nothing here generates. What we follow and where we differ:
 
 - Unit fields and defaults are the extension's: ``enabled`` False, ``module`` "none", ``model`` "None",
   ``weight`` 1.0, ``guidance_start`` 0, ``guidance_end`` 1 (start > end refused), ``control_mode``
-  "Balanced" (also 0/1/2), ``resize_mode`` "Crop and Resize" (also 0/1/2 and the old aliases),
+  "Balanced" (also 0/1/2), ``resize_mode`` "Crop and Resize" (also 0/1/2 and the old aliases; it fits
+  an own map, an estimated depth comes from the init image already fitted by the request's resize_mode),
   ``processor_res`` -1 (module default), ``save_detected_map`` True; deprecated aliases ``guidance``,
   ``input_image``, ``lowvram``; other fields are ignored (the extension's ``extra="ignore"``).
 - depth2img is a depth tool: the modules are ``depth`` (label ``depth_midas``: the model's own MiDaS/DPT
@@ -163,9 +164,7 @@ def parse_units(script: Any, svc: Services, *, init_image: Optional[bytes]) -> O
     if "resize_mode" in unit:
         resize = _choice(unit["resize_mode"], a1111.CONTROLNET_RESIZE_CODES, a1111.CONTROLNET_RESIZE_MODES,
                          a1111.CONTROLNET_RESIZE_ALIASES, _where(index, "resize_mode"))
-        if resize != "just_resize":
-            warnings.append(f"ControlNet resize_mode {a1111.CONTROLNET_RESIZE_MODES[resize]!r}: the control image is "
-                            "fitted like the init image (an own map is stretched, Just Resize)")
+        fields["control_resize"] = resize
     processor_res = unit.get("processor_res", -1)
     default = a1111.CONTROLNET_MODULES[module].resolution
     if default and isinstance(processor_res, int) and default[1] <= processor_res <= default[2] \
