@@ -81,8 +81,37 @@ CONTROLNET_RESIZE_MODES: dict[str, str] = {
     "crop_and_resize": "Crop and Resize",
     "resize_and_fill": "Resize and Fill",
 }
+# The extension's integer codes for its resize modes (ResizeMode.int_value) and the old labels it still reads.
+CONTROLNET_RESIZE_CODES: dict[str, int] = {"just_resize": 0, "crop_and_resize": 1, "resize_and_fill": 2}
+CONTROLNET_RESIZE_ALIASES: dict[str, str] = {
+    "Inner Fit (Scale to Fit)": "Crop and Resize", "Outer Fit (Shrink to Fit)": "Resize and Fill",
+    "Scale to Fit (Inner Fit)": "Crop and Resize", "Envelope (Outer Fit)": "Resize and Fill",
+}
 CONTROLNET_DEPTH_MODULE = "depth_midas"  # the label of the extension's MiDaS depth preprocessor
 CONTROLNET_NO_MODULE = "none"  # the control image is used as given (an own depth map)
+CONTROLNET_API_VERSION = 3  # GET /controlnet/version (external_code.get_api_version)
+CONTROLNET_SCRIPT = "controlnet"  # the always-on script title, matched case-insensitively (A1111's script_name_to_index)
+
+
+@dataclass(frozen=True)
+class ControlNetModule:
+    """A depth preprocessor of the extension: its internal name, UI label, and the processor-resolution
+    slider (scripts/preprocessor/legacy/preprocessor_compiled.py; None: the module has no slider)."""
+
+    name: str
+    label: str
+    resolution: tuple[int, int, int] | None  # (default, min, max)
+
+
+# The modules depth2img serves (internal name → module). "depth" (label depth_midas) is the model's own
+# MiDaS/DPT estimator; "none" takes the unit's image as the depth map.
+CONTROLNET_MODULES: dict[str, ControlNetModule] = {
+    "none": ControlNetModule("none", "none", None),
+    "depth": ControlNetModule("depth", CONTROLNET_DEPTH_MODULE, (512, 64, 2048)),
+}
+# The extension's other depth modules, named in the refusal (depth2img has no such estimator).
+CONTROLNET_OTHER_DEPTH_MODULES: tuple[str, ...] = (
+    "depth_anything", "depth_anything_v2", "depth_leres", "depth_leres++", "depth_zoe", "depth_hand_refiner")
 CONTROLNET_UNIT_KEY = "ControlNet {index}"  # infotext key of unit ``index``
 # The unit's fields in the order the extension serialises them ("Module: depth_midas, Model: ...").
 CONTROLNET_UNIT_FIELDS: tuple[str, ...] = (

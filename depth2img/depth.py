@@ -193,6 +193,39 @@ def adjust_depth(depth: np.ndarray, *, invert: bool = False, clip: tuple[float, 
     return out
 
 
+def fit_depth(depth: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
+    """An own (H, W) map fitted to the aspect of ``size`` (W, H) by sd-webui-controlnet's resize modes
+    (scripts/controlnet.py, ``detectmap_proc``), before the one bicubic resize to the output size:
+
+    - ``just_resize``: unchanged (stretched later);
+    - ``crop_and_resize`` (INNER_FIT): scale k = max(H/h, W/w), centre crop: here the centre of the map
+      that the scaled crop would keep, so the map is resampled once, not twice;
+    - ``resize_and_fill`` (OUTER_FIT): scale k = min(...), centred, the rest filled with the median of
+      the map's border pixels (the extension's ``high_quality_border_color``).
+
+    A map that already has the output's aspect is returned unchanged by every mode."""
+    h0, w0 = depth.shape
+    width, height = size
+    if mode == "just_resize":
+        return depth
+    if mode == "crop_and_resize":
+        k = max(height / h0, width / w0)
+        ch, cw = min(h0, round(height / k)), min(w0, round(width / k))
+        top, left = (h0 - ch) // 2, (w0 - cw) // 2
+        return np.ascontiguousarray(depth[top:top + ch, left:left + cw])
+    if mode != "resize_and_fill":
+        raise ValueError(f"unknown resize mode {mode!r}")
+    k = min(height / h0, width / w0)
+    ch, cw = max(h0, round(height / k)), max(w0, round(width / k))
+    if (ch, cw) == (h0, w0):
+        return depth
+    border = np.concatenate([depth[0], depth[-1], depth[:, 0], depth[:, -1]])
+    out = np.full((ch, cw), np.median(border), dtype=np.float32)
+    top, left = (ch - h0) // 2, (cw - w0) // 2
+    out[top:top + h0, left:left + w0] = depth
+    return out
+
+
 def crop_depth(depth: np.ndarray, box: tuple[int, int, int, int], image_size: tuple[int, int]) -> np.ndarray:
     """The part of a (H, W) depth map under ``box`` (x1, y1, x2, y2) given in an image of ``image_size``
     (W, H); the map may have another resolution than the image, so the box is scaled to it."""

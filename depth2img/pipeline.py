@@ -32,6 +32,7 @@ from .depth import (
     crop_depth,
     depth_control_params,
     estimate_depth,
+    fit_depth,
     load_depth_map,
     normalize_depth,
 )
@@ -163,6 +164,8 @@ class Pipeline:
         size = image.size if image is not None else self.depth_only_size(user_depth, request)
         if request.width is None:  # a size taken from the image or map obeys the requested-size limits
             check_image_size(size)
+        if self.backend.depth_at_pixels and user_depth is not None:  # a ControlNet's control image: A1111's resize modes
+            user_depth = fit_depth(user_depth, job.original.size if job is not None else size, request.control_resize)
         if self.backend.uses_depth and job is not None and job.box is not None and user_depth is not None:
             user_depth = crop_depth(user_depth, job.box, job.original.size)
         seeds = resolve_seeds(request.seed, request.batch_size)

@@ -169,6 +169,10 @@ class GenerationRequest:
     control_mode: ControlMode = param(
         "balanced", "choice", "balanced; prompt (my prompt is more important: soft injection); controlnet "
         "(ControlNet is more important: diffusers' guess mode).", choices=CONTROL_MODE_NAMES, group="controlnet")
+    control_resize: ResizeMode = param(
+        "crop_and_resize", "choice", "How your own depth map fits the output size with a ControlNet (sd-webui-controlnet's "
+        "resize modes; its default crop_and_resize). An estimated depth comes from the photo already fitted by "
+        "--resize-mode.", choices=RESIZE_MODES, group="controlnet")
     # Approximate fast mode (fast.py): each knob off by default and switchable alone; fast=True turns on the
     # bundle for the knobs left off (fast.resolve_fast). Off, the output is the exact path's bit for bit.
     fast: bool = param(False, "bool", "Approximate fast mode: turns on the speed knobs left off (uncond sigma 1, "
@@ -258,7 +262,7 @@ class GenerationRequest:
 
 INPAINT_OPTIONS: tuple[str, ...] = ("mask_blur", "masked_content", "inpaint_area", "padding", "invert_mask")
 DEPTH_CONTROLS: tuple[str, ...] = ("invert_depth", "depth_clip", "depth_strength", "depth_end")
-CONTROL_OPTIONS: tuple[str, ...] = ("control_weight", "control_start", "control_end", "control_mode")
+CONTROL_OPTIONS: tuple[str, ...] = ("control_weight", "control_start", "control_end", "control_mode", "control_resize")
 
 
 def resolve_seeds(seed: int | None, batch: int) -> list[int]:

@@ -131,7 +131,7 @@ def img2img(http, **fields):
     ({"init_images": []}, 422, "init_images"),
     ({"inpainting_fill": 7, "mask": b64(photo_png())}, 422, "inpainting_fill"),
     ({"override_settings": {"sd_model_checkpoint": "../../etc/passwd"}}, 422, "unknown model"),
-    ({"alwayson_scripts": {"ControlNet": {"args": []}}}, 422, "always on script ControlNet not found"),
+    ({"alwayson_scripts": {"ADetailer": {"args": []}}}, 422, "always on script ADetailer not found"),
     ({"alwayson_scripts": {"depth2img": {"args": [{"depth_model": "/etc"}]}}}, 422, "unknown model"),
     ({"steps": 0}, 422, "steps"),
 ])
@@ -181,7 +181,7 @@ def test_memory_unload_reload_and_scripts(http):
     assert http.post("/sdapi/v1/reload-checkpoint").status_code == 200
     assert http.get("/api/v1/health").json()["loaded"] == "tiny"
     assert http.post("/sdapi/v1/refresh-checkpoints").status_code == 200
-    assert http.get("/sdapi/v1/scripts").json()["img2img"] == ["depth2img"]
+    assert http.get("/sdapi/v1/scripts").json()["img2img"] == ["depth2img", "controlnet"]
 
 
 def _png(image: Image.Image) -> bytes:

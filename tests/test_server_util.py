@@ -24,7 +24,7 @@ class ServerThread:
         self.app = create_app(settings)
         self.services = self.app.services
         if preload is not None:  # a pipeline already loaded: saves the model load in tests that do not compare
-            self.services.registry._pipe, self.services.registry._key = preload, ("tiny", None)
+            self.services.registry._pipe, self.services.registry._key = preload, ("tiny", None, None)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))

@@ -59,7 +59,7 @@ class ControlNetBackend(Backend):
             "Module": a1111.CONTROLNET_NO_MODULE if own_depth else a1111.CONTROLNET_DEPTH_MODULE,
             "Model": self.controlnet_name,
             "Weight": float(request.control_weight),
-            "Resize Mode": a1111.CONTROLNET_RESIZE_MODES[request.resize_mode],
+            "Resize Mode": a1111.CONTROLNET_RESIZE_MODES[request.control_resize],
             "Guidance Start": float(request.control_start),
             "Guidance End": float(request.control_end),
             "Pixel Perfect": False,

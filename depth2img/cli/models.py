@@ -53,12 +53,13 @@ def models_command(
     with_hash: Annotated[bool, typer.Option("--hash", help="Compute A1111's short hash (reads every file once; remembered).")] = False,
     hf_cache: Annotated[bool, typer.Option("--hf-cache/--no-hf-cache", help="Also list diffusers models in the Hugging Face cache.")] = True,
 ) -> None:
-    """List models: name, kind (depth/img2img), layout, size, yaml, and optionally the short hash."""
+    """List models: name, kind (depth/img2img), layout, size, yaml, and optionally the short hash; then the
+    ControlNets (A1111 models/ControlNet, ComfyUI models/controlnet) as "name [hash]", A1111's old short hash."""
     from rich.console import Console
     from rich.table import Table
 
     from ..errors import ModelLoadError
-    from ..models.catalog import list_models, short_hash
+    from ..models.catalog import list_controlnets, list_models, short_hash
 
     cache_dir = hf_dir = None
     if hf_cache or with_hash:
@@ -69,7 +70,8 @@ def models_command(
     if not root.is_dir():
         raise ModelLoadError(f"no models folder at {root}")
     entries = list_models(root, hf_cache=hf_dir)
-    if not entries:
+    controlnets = list_controlnets(root)
+    if not entries and not controlnets:
         say(f"no models found under {root}")
         return
     table = Table(box=None, pad_edge=False)
@@ -88,3 +90,12 @@ def models_command(
         say(f"{len(unreadable)} unreadable file(s), not models:")
         for m in unreadable:
             say(f"  {m.name}: {m.problem}")
+    if controlnets:
+        from rich.markup import escape
+
+        nets = Table(box=None, pad_edge=False, title="ControlNets", title_justify="left")
+        for col in ("name", "layout", "size"):
+            nets.add_column(col)
+        for c in controlnets:
+            nets.add_row(escape(c.title), c.layout, f"{c.size / 2**30:.2f} GB")
+        Console(soft_wrap=True).print(nets)

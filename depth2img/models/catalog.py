@@ -11,6 +11,10 @@ tell depth (5-channel) from img2img models; it never unpickles (a pickle's first
 that cannot be a checkpoint is listed with ``problem`` set, so it is shown as unreadable and never hashed.
 The A1111 short hash (first 10 hex digits of the sha256 of the whole file) is computed only when asked,
 and remembered in the cache index.
+
+ControlNets are listed apart (:func:`list_controlnets`): A1111's ``models/ControlNet`` and ComfyUI's
+``models/controlnet``, each named as sd-webui-controlnet names them, ``stem [old hash]``, where the old
+hash (:func:`controlnet_hash`, A1111's ``model_hash``) reads only 64 KiB, so it is always shown.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from .cache import short_hash  # noqa: F401  (the CLI's `models --hash` imports 
 from .safe_load import check_pickle_header, read_safetensors_header
 
 CHECKPOINT_DIRS = ("Stable-diffusion", "checkpoints")  # A1111, ComfyUI
+CONTROLNET_DIRS = ("ControlNet", "controlnet")  # A1111 (sd-webui-controlnet's models folder), ComfyUI
 MAX_DEPTH = 3
 
 
@@ -115,7 +120,10 @@ def list_models(root: str | Path, *, hf_cache: str | Path | None = None) -> list
     for p, e, depth in _walk(root):
         if not e.is_file() or p.suffix.lower() not in MODEL_SUFFIXES or any(f in p.parents for f in folders):
             continue
-        in_ckpt_dir = any(part in CHECKPOINT_DIRS for part in p.relative_to(root).parts[:-1])
+        parts = p.relative_to(root).parts[:-1]
+        if any(part in CONTROLNET_DIRS for part in parts) or root.name in CONTROLNET_DIRS:
+            continue  # a ControlNet, not a checkpoint: list_controlnets
+        in_ckpt_dir = any(part in CHECKPOINT_DIRS for part in parts)
         if in_ckpt_dir or p.parent == root or root.name in CHECKPOINT_DIRS:
             out.append(_checkpoint_entry(p, root))
     if hf_cache is not None:
@@ -133,3 +141,65 @@ def list_hf_cache(cache: str | Path) -> list[ModelEntry]:
             snap = max(snaps, key=lambda s: s.stat().st_mtime)
             out.append(_folder_entry(snap, repo.name[len("models--"):].replace("--", "/"), "hf-cache"))
     return out
+
+
+@dataclass
+class ControlNetEntry:
+    name: str  # the file stem (or folder name), as the extension lists it
+    path: Path
+    layout: str  # "file" (A1111 .pth/.safetensors) | "diffusers" (a folder with config.json)
+    size: int
+    short_hash: str | None  # A1111's old 8-hex hash of a file; None for a folder
+
+    @property
+    def title(self) -> str:
+        """``name [hash]``: what /controlnet/model_list shows and what a unit's ``model`` names."""
+        return f"{self.name} [{self.short_hash}]" if self.short_hash else self.name
+
+
+def controlnet_hash(path: str | Path) -> str:
+    """A1111's old short hash (``modules/hashes.py::model_hash`` / sd-webui-controlnet's model names): the
+    first 8 hex digits of the sha256 of the 64 KiB at offset 1 MiB (empty for a smaller file, as A1111)."""
+    import hashlib
+
+    with open(path, "rb") as handle:
+        handle.seek(0x100000)
+        return hashlib.sha256(handle.read(0x10000)).hexdigest()[:8]
+
+
+def _controlnet_roots(root: Path) -> list[Path]:
+    """The ControlNet folders of a models root: ``root`` itself when it is one, ``root/{ControlNet,controlnet}``,
+    ``root/models/...`` (an A1111/ComfyUI install) and the sibling of a checkpoints folder."""
+    if root.name in CONTROLNET_DIRS:
+        return [root]
+    bases = [root, root / "models"] + ([root.parent] if root.name in CHECKPOINT_DIRS else [])
+    found: list[Path] = []
+    for base in bases:
+        for name in CONTROLNET_DIRS:
+            folder = base / name
+            if folder.is_dir() and all(not folder.samefile(f) for f in found):
+                found.append(folder)
+    return found
+
+
+def list_controlnets(root: str | Path) -> list[ControlNetEntry]:
+    """The ControlNets of a models root, sorted by name: files with a model suffix (``files.MODEL_SUFFIXES``;
+    read only for the hash, never unpickled) and diffusers ControlNet folders, one level deep."""
+    out: list[ControlNetEntry] = []
+    for folder in _controlnet_roots(Path(root).expanduser()):
+        for p, e, depth in _walk(folder):
+            if depth > 1:
+                continue
+            if e.is_file() and p.suffix.lower() in MODEL_SUFFIXES:
+                out.append(ControlNetEntry(p.stem, p, "file", p.stat().st_size, controlnet_hash(p)))
+            elif e.is_dir() and (p / "config.json").is_file() and _is_controlnet_config(p / "config.json"):
+                size = sum(f.stat().st_size for f in p.iterdir() if f.is_file() and f.suffix.lower() in CHECKPOINT_SUFFIXES)
+                out.append(ControlNetEntry(p.name, p, "diffusers", size, None))
+    return sorted(out, key=lambda m: m.name.lower())
+
+
+def _is_controlnet_config(path: Path) -> bool:
+    try:
+        return "ControlNet" in str(json.loads(path.read_text()).get("_class_name", ""))
+    except (OSError, ValueError):
+        return False

@@ -187,12 +187,9 @@ def _controlnet_config(path: Path, sdxl: bool) -> dict[str, Any]:
 
 def _file_name(path: Path) -> str:
     """A1111's ControlNet model name: the file's stem and its short (old, 8-hex) hash."""
-    import hashlib
+    from .catalog import controlnet_hash
 
-    with open(path, "rb") as handle:
-        handle.seek(0x100000)
-        digest = hashlib.sha256(handle.read(0x10000)).hexdigest()[:8]
-    return f"{path.stem} [{digest}]"
+    return f"{path.stem} [{controlnet_hash(path)}]"
 
 
 def attach_controlnet(components: Components, source: str | Path) -> Components:

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp
 
 from .. import __version__
 from ..errors import Depth2ImgError
-from . import native, sdapi
+from . import controlnet_api, native, sdapi
 from .auth import BasicAuthMiddleware
 from .errors import QueueFullError, status_for
 from .jobs import JobStore
@@ -34,7 +34,7 @@ log = logging.getLogger("depth2img.server")
 
 
 def error_response(request: Request, status: int, message: str, kind: str, headers: dict[str, str] | None = None):
-    if request.url.path.startswith("/sdapi/"):
+    if request.url.path.startswith("/sdapi/"):  # (/controlnet/ answers {detail}, as the extension's HTTPException)
         content: dict[str, Any] = {"error": kind, "detail": message, "body": "", "errors": message}
     else:
         content = {"detail": message}
@@ -70,6 +70,7 @@ def create_app(settings: Settings) -> ASGIApp:
     app.state.services = svc
     app.include_router(native.router)
     app.include_router(sdapi.router)
+    app.include_router(controlnet_api.router)
 
     @app.exception_handler(Depth2ImgError)
     async def typed_error(request: Request, error: Depth2ImgError):

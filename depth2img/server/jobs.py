@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     warnings TEXT NOT NULL DEFAULT '[]',
     n_images INTEGER NOT NULL DEFAULT 0,
     has_depth INTEGER NOT NULL DEFAULT 0,
-    source TEXT NOT NULL DEFAULT 'api'
+    source TEXT NOT NULL DEFAULT 'api',
+    controlnet TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
 """
@@ -75,6 +76,7 @@ class Job:
     n_images: int = 0
     has_depth: bool = False
     source: str = "api"  # "api" (native) or "sdapi"
+    controlnet: str | None = None  # a ControlNet name of the registry (sd-webui-controlnet units)
 
 
 def valid_id(job_id: str) -> bool:
@@ -97,6 +99,9 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "controlnet" not in columns:  # a store written before ControlNet jobs existed
+            self._db.execute("ALTER TABLE jobs ADD COLUMN controlnet TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -129,10 +134,10 @@ class JobStore:
         job.inputs = sorted(inputs)
         with self._lock:
             cur = self._db.execute(
-                "INSERT INTO jobs (id, kind, state, model, depth_model, request, inputs, created, seeds, source) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (id, kind, state, model, depth_model, request, inputs, created, seeds, source, "
+                "controlnet) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (job.id, job.kind, job.state, job.model, job.depth_model, json.dumps(job.request),
-                 json.dumps(job.inputs), job.created, json.dumps(job.seeds), job.source))
+                 json.dumps(job.inputs), job.created, json.dumps(job.seeds), job.source, job.controlnet))
             job.seq = int(cur.lastrowid or 0)
         return job
 
@@ -211,4 +216,4 @@ def _job(row: sqlite3.Row) -> Job:
         request=json.loads(row["request"]), inputs=json.loads(row["inputs"]), created=row["created"], seq=row["seq"],
         started=row["started"], finished=row["finished"], error=row["error"], error_status=row["error_status"], seeds=json.loads(row["seeds"]),
         infotexts=json.loads(row["infotexts"]), warnings=json.loads(row["warnings"]), n_images=row["n_images"],
-        has_depth=bool(row["has_depth"]), source=row["source"])
+        has_depth=bool(row["has_depth"]), source=row["source"], controlnet=row["controlnet"])

@@ -2,8 +2,10 @@
 
 The ids are the names ``depth2img models`` shows for each ``--models-dir`` (A1111's
 ``models/Stable-diffusion``, ComfyUI's ``models/checkpoints``, diffusers folders, the HF cache), plus the
-built-ins ``tiny`` and ``tiny-img2img``. A client names a model by id only; an id that is not listed
-is an error, never a path. Models load lazily on first use; the last one stays loaded and loading
+built-ins ``tiny``, ``tiny-img2img`` and the ControlNet bases ``tiny-sd15``, ``tiny-sdxl``. ControlNets
+are listed apart (``catalog.list_controlnets`` of the same folders, plus the built-in ``tiny-controlnet``,
+``tiny-controlnet-sdxl``), named as sd-webui-controlnet names them. A client names a model by id only; an
+id that is not listed is an error, never a path. Models load lazily on first use; the last one stays loaded and loading
 another unloads it first (A1111 keeps one checkpoint too: ``sd_checkpoints_limit`` 1).
 """
 
@@ -15,7 +17,8 @@ import threading
 from pathlib import Path
 
 from ..errors import InvalidRequestError
-from ..models.catalog import ModelEntry, list_models
+from ..models.catalog import ControlNetEntry, ModelEntry, list_controlnets, list_models
+from ..models.controlnet import TINY_BASES, TINY_CONTROLNETS
 from ..models.tiny import TINY_NAMES
 from ..pipeline import Pipeline, load_pipeline
 from .settings import Settings
@@ -32,8 +35,9 @@ class Registry:
         self.settings = settings
         self._lock = threading.RLock()  # held while loading: a switch waits for a load in progress
         self.entries: dict[str, ModelEntry] = {}
+        self.controlnets: dict[str, ControlNetEntry] = {}  # by name (file stem / folder / built-in)
         self._pipe: Pipeline | None = None
-        self._key: tuple[str, str | None] | None = None
+        self._key: tuple[str, str | None, str | None] | None = None  # (model, depth model, ControlNet)
         self.refresh()
         self.default = self.resolve(settings.model) if settings.model else next(iter(self.entries), TINY_NAMES[0])
 
@@ -47,9 +51,16 @@ class Registry:
 
             for entry in list_hf_cache(self.settings.hf_cache):
                 entries.setdefault(entry.name, entry)
-        for name in TINY_NAMES:  # built-ins last: a user's model of the same name wins
+        for name in TINY_NAMES + TINY_BASES:  # built-ins last: a user's model of the same name wins
             entries.setdefault(name, ModelEntry(name, Path(name), "builtin", "depth" if name == "tiny" else "img2img", 0))
         self.entries = entries
+        controlnets: dict[str, ControlNetEntry] = {}
+        for folder in self.settings.models_dirs:
+            for cn in list_controlnets(folder):
+                controlnets.setdefault(cn.name, cn)
+        for name in TINY_CONTROLNETS:
+            controlnets.setdefault(name, ControlNetEntry(name, Path(name), "builtin", 0, None))
+        self.controlnets = controlnets
 
     def resolve(self, name: str | None) -> str:
         """The id of ``name`` (None: the default). Unknown ids raise, listing a few valid ones."""
@@ -68,12 +79,20 @@ class Registry:
         return self._key[0] if self._key else None
 
     @property
+    def loaded_key(self) -> tuple[str, str | None, str | None] | None:
+        """(model, depth model, ControlNet) of the loaded pipeline, or None."""
+        return self._key
+
+    @property
     def pipeline(self) -> Pipeline | None:
         return self._pipe
 
-    def get(self, name: str, depth_model: str | None = None) -> Pipeline:
-        """The pipeline for ``name`` (+ ``depth_model``), loading it (and unloading the previous one) if needed."""
-        key = (self.resolve(name), self.resolve(depth_model) if depth_model else None)
+    def get(self, name: str, depth_model: str | None = None, controlnet: str | None = None) -> Pipeline:
+        """The pipeline for ``name`` (+ ``depth_model``, + ``controlnet``: a name of :attr:`controlnets`),
+        loading it (and unloading the previous one) if needed."""
+        if controlnet is not None and controlnet not in self.controlnets:
+            raise UnknownModelError(f"unknown ControlNet {controlnet!r}; GET /controlnet/model_list lists them")
+        key = (self.resolve(name), self.resolve(depth_model) if depth_model else None, controlnet)
         with self._lock:
             if self._key == key and self._pipe is not None:
                 return self._pipe
@@ -81,8 +100,9 @@ class Registry:
             entry = self.entries[key[0]]
             depth_path = str(self.entries[key[1]].path) if key[1] else None
             log.info("loading model %s", key[0])
+            cn_path = str(self.controlnets[controlnet].path) if controlnet else None
             self._pipe = load_pipeline(str(entry.path), device=self.settings.device, dtype=self.settings.dtype,
-                                       depth_model=depth_path, cache_dir=self.settings.cache_dir)
+                                       depth_model=depth_path, cache_dir=self.settings.cache_dir, controlnet=cn_path)
             self._key = key
             return self._pipe
 

@@ -23,6 +23,8 @@ Where we follow A1111 and where we cannot:
 - depth2img's own fields use A1111's extension convention: ``alwayson_scripts: {"depth2img": {"args":
   [{"depth_map": b64, "invert_depth": bool, "depth_clip": [far, near], "depth_strength": float,
   "depth_end": float, "depth_model": id}]}}``.
+- sd-webui-controlnet's ``alwayson_scripts: {"controlnet": {"args": [unit, ...]}}`` is translated in
+  :mod:`.controlnet_api` (one enabled depth unit; its detected map is appended to ``images``).
 - ``interrupt``/``skip`` stop the running job after its current step; A1111 returns the partial image,
   the engine has none to give, so the interrupted call answers 200 with no images and ``info`` saying so.
 """
@@ -42,9 +44,10 @@ from .. import __version__, a1111
 from ..errors import InvalidRequestError
 from ..infotext import parse_infotext, read_infotext
 from ..request import PARAMS
+from .controlnet_api import ControlUnit, detect_depth, detected_map_b64, parse_units
 from .errors import JobFailedError, SamplerNotFoundError, UnsupportedError
 from .inputs import decode_b64
-from .jobs import FINAL, Job
+from .jobs import Job
 from .preview import latent_preview, png_b64
 from .services import Services
 
@@ -135,8 +138,9 @@ def checkpoint_id(title: str) -> str:
     return title
 
 
-def translate(body: Txt2ImgRequest, svc: Services) -> tuple[dict[str, Any], dict[str, bytes], str | None, str | None]:
-    """(GenerationRequest fields, image bytes, model id, depth model id) of an A1111 request."""
+def translate(body: Txt2ImgRequest, svc: Services
+              ) -> tuple[dict[str, Any], dict[str, bytes], str | None, str | None, ControlUnit | None]:
+    """(GenerationRequest fields, image bytes, model id, depth model id, ControlNet unit) of an A1111 request."""
     raw = body.model_dump()
     fields: dict[str, Any] = {ours: raw[theirs] for theirs, ours in DIRECT.items() if raw.get(theirs) is not None}
     fields["batch_size"] = body.batch_size * body.n_iter
@@ -168,12 +172,15 @@ def translate(body: Txt2ImgRequest, svc: Services) -> tuple[dict[str, Any], dict
             if fields["invert_mask"] is None:
                 raise InvalidRequestError(f"inpainting_mask_invert must be 0 or 1, got {body.inpainting_mask_invert!r}")
     model = (body.override_settings or {}).get("sd_model_checkpoint")
-    depth_model = None
+    depth_model, unit = None, None
     for title, script in body.alwayson_scripts.items():
-        if title.lower() != SCRIPT:
+        if title.lower() == SCRIPT:
+            depth_model = _script_args(script, fields, inputs)
+        elif title.lower() == a1111.CONTROLNET_SCRIPT:
+            unit = parse_units(script, svc, init_image=inputs.get("image"))
+        else:
             raise InvalidRequestError(f"always on script {title} not found")
-        depth_model = _script_args(script, fields, inputs)
-    return fields, inputs, checkpoint_id(model) if isinstance(model, str) else None, depth_model
+    return fields, inputs, checkpoint_id(model) if isinstance(model, str) else None, depth_model, unit
 
 
 def _script_args(script: Any, fields: dict[str, Any], inputs: dict[str, bytes]) -> str | None:
@@ -199,20 +206,32 @@ def _script_args(script: Any, fields: dict[str, Any], inputs: dict[str, bytes]) 
 # -- running -----------------------------------------------------------------------------------------
 
 
-async def _wait(svc: Services, job: Job) -> Job:
-    while True:
-        current = await asyncio.to_thread(svc.store.get, job.id)
-        assert current is not None
-        if current.state in FINAL:
-            return current
-        await asyncio.sleep(0.05)
+async def _apply_unit(svc: Services, unit: ControlUnit, model_id: str, fields: dict[str, Any], inputs: dict[str, bytes],
+                      depth_model: str | None) -> None:
+    """The unit's fields into the request; its depth map (own, or estimated from the unit's image) into the inputs."""
+    kind = svc.registry.entries[model_id].kind
+    if kind == "depth":
+        raise UnsupportedError(f"{model_id!r} is an SD2-depth model: it takes the depth directly, not through a "
+                               f"ControlNet; drop the {a1111.CONTROLNET_SCRIPT} unit (or load an SD 1.5/SDXL model)")
+    own = unit.fields.pop("depth_map", None)
+    if (own is not None or unit.detect is not None) and "depth_map" in inputs:
+        raise InvalidRequestError(f"two depth maps: alwayson_scripts.{SCRIPT}.depth_map and the ControlNet unit's "
+                                  "image; give one")
+    fields.update(unit.fields)
+    if own is not None:
+        inputs["depth_map"] = own
+    elif unit.detect is not None:
+        inputs["depth_map"] = await detect_depth(svc, unit.detect, model=model_id, depth_model=depth_model,
+                                                 controlnet=unit.controlnet)
 
 
 async def _generate(request: Request, body: Txt2ImgRequest) -> dict[str, Any]:
     svc = services(request)
-    fields, inputs, model, depth_model = translate(body, svc)
+    fields, inputs, model, depth_model, unit = translate(body, svc)
     model_id = svc.registry.resolve(model)
-    if not isinstance(body, Img2ImgRequest):
+    if unit is not None:
+        await _apply_unit(svc, unit, model_id, fields, inputs, depth_model)
+    elif not isinstance(body, Img2ImgRequest):
         kind = svc.registry.entries[model_id].kind
         if kind not in ("depth", "?"):
             raise UnsupportedError(f"txt2img: {model_id!r} is a plain img2img model; depth2img is an img2img tool "
@@ -222,8 +241,8 @@ async def _generate(request: Request, body: Txt2ImgRequest) -> dict[str, Any]:
                                    f'alwayson_scripts {{"{SCRIPT}": {{"args": [{{"depth_map": "<base64>"}}]}}}}, '
                                    "or use /sdapi/v1/img2img with init_images")
     job = await asyncio.to_thread(svc.submit, "generate", fields, inputs, model=model_id, depth_model=depth_model,
-                                  source="sdapi")
-    done = await _wait(svc, job)
+                                  source="sdapi", controlnet=unit.controlnet if unit else None)
+    done = await svc.wait(job)
     if done.state == "failed":
         raise JobFailedError(done.error or "the job failed", done.error_status or 500)
     images = []
@@ -231,6 +250,9 @@ async def _generate(request: Request, body: Txt2ImgRequest) -> dict[str, Any]:
         for i in range(done.n_images):
             data = await asyncio.to_thread(svc.store.image_path(done.id, i).read_bytes)
             images.append(base64.b64encode(data).decode("ascii"))
+        if unit is not None and unit.save_detected_map and done.has_depth:  # the extension's detected map
+            png16 = await asyncio.to_thread(svc.store.depth_path(done.id).read_bytes)
+            images.append(detected_map_b64(png16))
     parameters = body.model_dump()
     if isinstance(body, Img2ImgRequest) and not body.include_init_images:
         parameters["init_images"], parameters["mask"] = None, None  # A1111 nulls them in the echo
@@ -239,7 +261,10 @@ async def _generate(request: Request, body: Txt2ImgRequest) -> dict[str, Any]:
             for arg in script.get("args", []) if isinstance(script, dict) else []:
                 if isinstance(arg, dict) and arg.get("depth_map"):
                     arg["depth_map"] = None
-    return {"images": images, "parameters": parameters, "info": json.dumps(_info(svc, body, done, fields))}
+    info = _info(svc, body, done, fields)
+    if unit is not None:
+        info["warnings"] = [*info["warnings"], *unit.warnings]
+    return {"images": images, "parameters": parameters, "info": json.dumps(info)}
 
 
 def _info(svc: Services, body: Txt2ImgRequest, job: Job, fields: dict[str, Any]) -> dict[str, Any]:
@@ -383,7 +408,7 @@ def schedulers() -> list[dict[str, Any]]:
 
 @router.get("/scripts")
 def scripts() -> dict[str, list[str]]:
-    return {"txt2img": [SCRIPT], "img2img": [SCRIPT]}
+    return {"txt2img": [SCRIPT, a1111.CONTROLNET_SCRIPT], "img2img": [SCRIPT, a1111.CONTROLNET_SCRIPT]}
 
 
 class PngInfoRequest(BaseModel):

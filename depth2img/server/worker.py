@@ -157,7 +157,7 @@ class Worker:
 
     def _run(self, job: Job, progress: Progress) -> None:
         inputs = self.store.read_inputs(job)
-        pipe = self.registry.get(job.model, job.depth_model)
+        pipe = self.registry.get(job.model, job.depth_model, job.controlnet)
         if job.kind == "depth":
             depth = pipe.estimate_depth(inputs["image"])
             save_image(depth.to_image("raw", bits=8), self.store.image_path(job.id, 0))
@@ -179,8 +179,9 @@ class Worker:
         result = pipe.run(plan, callback=on_step)
         for i, (image, infotext) in enumerate(zip(result.images, result.infotexts)):
             save_image(image, self.store.image_path(job.id, i), infotext=infotext)
-        if result.depth_map is not None:
-            save_image(result.depth_map.to_image("raw", bits=16), self.store.depth_path(job.id))
+        if result.depth_map is not None:  # a ControlNet's: the control image it saw, at the output size (as --save-depth)
+            which = "normalized" if pipe.backend.depth_at_pixels else "raw"
+            save_image(result.depth_map.to_image(which, bits=16), self.store.depth_path(job.id))
         self.store.finish(job.id, seeds=result.seeds, infotexts=result.infotexts, warnings=result.warnings,
                           n_images=len(result.images), has_depth=result.depth_map is not None)
 

@@ -11,19 +11,23 @@ from typing import Any
 
 import gradio as gr
 
-from ..a1111 import INPAINT_AREAS, MASKED_CONTENT, RESIZE_MODES, SAMPLERS
+from ..a1111 import CONTROL_MODES, CONTROLNET_RESIZE_MODES, INPAINT_AREAS, MASKED_CONTENT, RESIZE_MODES, SAMPLERS
 from ..request import DEFAULTS, PARAMS, Param
 
 LABELS = {  # A1111's labels where its users look for them
     "guidance_scale": "CFG scale", "strength": "Denoising strength", "scheduler": "Sampling method",
     "steps": "Sampling steps", "negative_prompt": "Negative prompt", "batch_size": "Batch size",
     "depth_clip": "Depth clip", "invert_mask": "Inpaint not masked (invert mask)",
+    "control_weight": "Control Weight", "control_start": "Starting Control Step", "control_end": "Ending Control Step",
+    "control_mode": "Control Mode", "control_resize": "Resize Mode",  # sd-webui-controlnet's panel labels
 }
 CHOICE_LABELS: dict[str, dict[str, str]] = {
     "scheduler": {k: s.name + (f" {s.schedule_type}" if s.schedule_type else "") for k, s in SAMPLERS.items()},
     "resize_mode": {k: label for k, (_, label) in RESIZE_MODES.items()},
     "masked_content": {k: label for k, (_, label) in MASKED_CONTENT.items()},
     "inpaint_area": {k: label for k, (_, label) in INPAINT_AREAS.items()},
+    "control_mode": {k: label for k, (_, label) in CONTROL_MODES.items()},
+    "control_resize": dict(CONTROLNET_RESIZE_MODES),
 }
 PRESET_CHOICE = "Preset's choice"
 # Fields a form collects (images and the free-form extra are handled by each tab).

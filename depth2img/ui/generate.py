@@ -15,7 +15,7 @@ from PIL import Image
 
 from ..request import PARAMS
 from ..server.services import Services
-from . import form
+from . import controlnet_section, form
 from .jobs import UIError, follow, submit
 from .uploads import RawImage, read
 
@@ -108,6 +108,7 @@ def build_tab(svc: Services, prefix: str, top: dict[str, Any], *, inpaint: bool 
             with gr.Accordion("Speed", open=False, elem_id=f"{prefix}-speed-accordion"):
                 for name in SPEED:
                     add(name)
+            controlnet = controlnet_section.build(svc, prefix, top, add)
         with gr.Column():
             status = gr.HTML("", elem_id=f"{prefix}-status")
             gallery = gr.Gallery(label="Results", elem_id=f"{prefix}-gallery", columns=2, height=320,
@@ -121,10 +122,11 @@ def build_tab(svc: Services, prefix: str, top: dict[str, Any], *, inpaint: bool 
     tab = Tab(prefix, names, comps, by_name, generate, image, batch_count)
     session = gr.State({"interrupted": False})
 
-    def run(model, depth_model, picture, mask_file, depth_file, count, state, *values, progress=gr.Progress()):
+    def run(model, depth_model, picture, mask_file, depth_file, net, count, state, *values, progress=gr.Progress()):
         state["interrupted"] = False
         try:
             fields = form.to_fields(names, list(values))
+            net = controlnet_section.job_fields(svc, model, net, fields)
             inputs = _inputs(picture, mask_file, depth_file, inpaint)
             if not inpaint:
                 for name in INPAINT:
@@ -139,7 +141,7 @@ def build_tab(svc: Services, prefix: str, top: dict[str, Any], *, inpaint: bool 
                     break
                 if n and fields.get("seed", -1) != -1:
                     fields["seed"] = int(fields["seed"]) + int(fields["batch_size"])
-                job = submit(svc, "generate", fields, inputs, model, depth_model)
+                job = submit(svc, "generate", fields, inputs, model, depth_model, controlnet=net)
                 if seed_used is None:
                     seed_used = job.seeds[0]
                 for tick in follow(svc, job):
@@ -175,7 +177,7 @@ def build_tab(svc: Services, prefix: str, top: dict[str, Any], *, inpaint: bool 
         svc.worker.interrupt(reason)
         return state
 
-    gen_inputs = [top["model"], top["depth_model"], image, mask_upload or gr.State(None), depth_upload, batch_count,
+    gen_inputs = [top["model"], top["depth_model"], image, mask_upload or gr.State(None), depth_upload, controlnet, batch_count,
                   session, *comps]
     outputs = [status, gallery, depth_used, infotext, last_seed]
     generate.click(run, gen_inputs, outputs, concurrency_limit=None, show_progress="minimal")

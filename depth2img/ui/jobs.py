@@ -32,9 +32,10 @@ class Tick:
 
 
 def submit(svc: Services, kind: str, fields: dict[str, Any], inputs: dict[str, bytes], model: str | None,
-           depth_model: str | None) -> Job:
+           depth_model: str | None, controlnet: str | None = None) -> Job:
     try:
-        return svc.submit(kind, fields, inputs, model=model or None, depth_model=depth_model or None, source="ui")
+        return svc.submit(kind, fields, inputs, model=model or None, depth_model=depth_model or None, source="ui",
+                          controlnet=controlnet or None)
     except Depth2ImgError as error:
         raise UIError(str(error)) from None
 
