@@ -102,7 +102,7 @@ def test_a1111_api_keeps_a1111_defaults_for_omitted_fields():
     buffer = io.BytesIO()
     photo("astronaut", (16, 16)).save(buffer, format="PNG")
     body = Img2ImgRequest(init_images=[base64.b64encode(buffer.getvalue()).decode()], prompt="p")
-    fields, _, _, _ = translate(body, None)
+    fields, *_ = translate(body, None)
     request = GenerationRequest(**fields, image=b"").resolved()
     # A1111's StableDiffusionProcessingImg2Img API defaults: 50 steps, sampler_index "Euler", cfg 7, strength 0.75
     assert (request.steps, request.scheduler, request.guidance_scale, request.strength) == (50, "euler", 7.0, 0.75)
