@@ -80,12 +80,15 @@ def batch(
         def on_item(name: str, status: str) -> None:
             progress.update(task, advance=1, description=f"{name}: {status}")
 
-        summary = run_batch(
-            lambda: load(model, device, dtype, depth_model), request, inputs, output, depth_dir=depth_dir,
-            mask_dir=mask_dir, resume=resume, same_seed=same_seed, suffix=ext,
-            settings={"model": model, "depth_model": depth_model, "device": device, "dtype": dtype}, on_item=on_item,
-            executor=runner, max_failures=options.max_failures,
-        )
+        try:
+            summary = run_batch(
+                lambda: load(model, device, dtype, depth_model), request, inputs, output, depth_dir=depth_dir,
+                mask_dir=mask_dir, resume=resume, same_seed=same_seed, suffix=ext,
+                settings={"model": model, "depth_model": depth_model, "device": device, "dtype": dtype}, on_item=on_item,
+                executor=runner, max_failures=options.max_failures,
+            )
+        finally:
+            runner.close()
     warn(summary.warnings)
     for name, reason in summary.failures:
         err.print(f"[red]failed:[/] {escape(name)}: {escape(reason)}", markup=True, highlight=False)

@@ -92,12 +92,15 @@ def video(
     with Progress(TextColumn("frames"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
                   transient=True, disable=not err.is_terminal) as progress:
         task = progress.add_task("", total=None)
-        rendered = render_frames(
-            pipe, request, clip.frames if clip else None, frames_dir, options, depth_frames=depth_frames, resume=resume,
-            settings={"model": model, "depth_model": depth_model, "device": device, "dtype": dtype},
-            on_frame=lambda t, n, status: progress.update(task, total=n, advance=1),
-            executor=runner if executor == "ray" else None,
-        )
+        try:
+            rendered = render_frames(
+                pipe, request, clip.frames if clip else None, frames_dir, options, depth_frames=depth_frames, resume=resume,
+                settings={"model": model, "depth_model": depth_model, "device": device, "dtype": dtype},
+                on_frame=lambda t, n, status: progress.update(task, total=n, advance=1),
+                executor=runner if executor == "ray" else None,
+            )
+        finally:
+            runner.close()
     warn(rendered.notes)
     from fractions import Fraction
 

@@ -59,6 +59,10 @@ class Executor(Protocol):
         """Run every item; yield one result per item as it finishes. Closing the iterator stops the run."""
         ...
 
+    def close(self) -> None:
+        """Release the workers (a Ray pool lives across runs until closed)."""
+        ...
+
 
 @dataclass(frozen=True)
 class ExecutorOptions:

@@ -25,3 +25,6 @@ class LocalExecutor:
     def run(self, items: Iterable[WorkItem]) -> Iterator[ItemResult]:
         for item in items:
             yield run_item(self.pipe, item, worker="local")
+
+    def close(self) -> None:
+        """Nothing to release: the model belongs to the caller's process."""
