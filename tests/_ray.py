@@ -24,8 +24,13 @@ OBJECT_STORE = 100 * 2**20  # explicit: the default is 30 % of RAM (scale.md §1
 
 @contextmanager
 def ray_environment(root: Path) -> Iterator[dict[str, str]]:
-    """Set the environment Ray's processes inherit; restore it afterwards."""
-    home, tmp = root / "home", root / "rt"
+    """Set the environment Ray's processes inherit; restore it afterwards. Ray's own folder is a short
+    one in /tmp (its socket paths must stay under 108 bytes, which pytest's tmp paths exceed); it is
+    removed afterwards and named by ``values["RAY_TMPDIR"]``."""
+    import shutil
+    import tempfile
+
+    home, tmp = root / "home", Path(tempfile.mkdtemp(prefix="d2iray"))
     (tmp / "ray").mkdir(parents=True, exist_ok=True)
     home.mkdir(parents=True, exist_ok=True)
     (home / "ray_bootstrap_config.yaml").write_text("provider:\n  type: local\n")
@@ -37,6 +42,7 @@ def ray_environment(root: Path) -> Iterator[dict[str, str]]:
     try:
         yield values
     finally:
+        shutil.rmtree(tmp, ignore_errors=True)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

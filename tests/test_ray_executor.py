@@ -9,6 +9,7 @@ the `ray` extra, and a missing Ray must fail here, not skip.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import shutil
 
 import numpy as np
@@ -65,7 +66,7 @@ def cli_pool(pool, monkeypatch):
     monkeypatch.setattr(base, "make_executor", lambda options, load, spec: made.append((options, spec)) or (
         Shared() if options.executor == "ray" else real(options, load, spec)))
     return made
-    assert not ray_processes(root / "rt"), "Ray processes outlived ray.shutdown()"
+    assert not ray_processes(Path(env["RAY_TMPDIR"])), "Ray processes outlived ray.shutdown()"
 
 
 def records(out):

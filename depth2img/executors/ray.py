@@ -85,6 +85,7 @@ class RayExecutor:
         self.max_item_retries = max_item_retries
         self._actors: list[Any] = []
         self._started_ray = False
+        self.requeued: list[str] = []  # items whose worker died and that went to another actor (for reports)
 
     # -- the pool -------------------------------------------------------------------------------------
 
@@ -171,6 +172,7 @@ class RayExecutor:
                                              f"({type(error).__name__})")
                         else:
                             queue.appendleft(item)
+                            self.requeued.append(item.name)
                         if live[index]:
                             live[index] = False
                             pings[actors[index].ready.remote()] = index
