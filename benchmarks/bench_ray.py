@@ -5,9 +5,10 @@ The same folder of small photos runs through ``run_batch`` with the local execut
 torch limited to one thread like each actor) and with a Ray pool of 1 and then 2 actors on a local
 ``ray.init(num_cpus=2)``. The pool is started and its model loaded *before* the clock starts (that
 one-off cost is printed separately), so the per-item numbers compare steady states:
-overhead per item = (Ray 1 worker s/item) / (local s/item).
+overhead per item = (Ray 1 worker s/item) / (local s/item). The machine may be shared: every round
+runs local and the pool back to back, and the medians of the per-round ratios are printed.
 
-    .venv/bin/python benchmarks/bench_ray.py [--model tiny] [--items 16] [--size 64] [--steps 8]
+    .venv/bin/python benchmarks/bench_ray.py [--model tiny] [--items 16] [--size 64] [--steps 8] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=16)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="d2i-bench-ray-"))
@@ -70,19 +72,18 @@ def main() -> None:
         shutil.rmtree(out)
         return elapsed
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each actor (one CPU each)
+    import statistics
+
+    torch.set_num_threads(1)  # as each actor (one CPU each); this script's own process
     pipe = load_pipeline(args.model)
     local = LocalExecutor(lambda: pipe)
     timed(local, "warm")
-    local_s = timed(local, "local")
-    torch.set_num_threads(threads)
 
     start = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"], "OMP_NUM_THREADS": "1"}})
     init_s = time.perf_counter() - start
-    results = {}
+    rows = {}
     try:
         for workers in (1, 2):
             pool = RayExecutor(ModelSpec(args.model), workers=workers)
@@ -90,7 +91,12 @@ def main() -> None:
             ray.get([actor.ready.remote() for actor in pool.start()])
             ready_s = time.perf_counter() - start
             timed(pool, f"warm{workers}")
-            results[workers] = (ready_s, timed(pool, f"ray{workers}"))
+            local_times, pool_times = [], []
+            for r in range(args.rounds):  # side by side: local, then the pool, under the same load
+                local_times.append(timed(local, f"local{workers}-{r}"))
+                pool_times.append(timed(pool, f"ray{workers}-{r}"))
+            ratios = [p / l for p, l in zip(pool_times, local_times)]
+            rows[workers] = (ready_s, statistics.median(local_times), statistics.median(pool_times), statistics.median(ratios))
             pool.close()
     finally:
         ray.shutdown()
@@ -99,15 +105,16 @@ def main() -> None:
 
     n = args.items
     print(f"{n} items of {args.size}x{args.size}, {args.steps} steps, model {args.model}, torch {torch.__version__}, "
-          f"{os.cpu_count()} CPUs; one torch thread per worker")
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; one torch thread per worker; "
+          f"medians of {args.rounds} rounds")
     print(f"ray.init(num_cpus=2): {init_s:.1f} s (once per run of the CLI)")
-    print(f"{'executor':<18}{'s/item':>10}{'items/s':>10}{'vs local':>10}{'pool ready s':>14}")
-    print(f"{'local':<18}{local_s / n:>10.3f}{n / local_s:>10.2f}{1.0:>10.2f}{'-':>14}")
-    for workers, (ready_s, seconds) in results.items():
-        print(f"{f'ray, {workers} worker(s)':<18}{seconds / n:>10.3f}{n / seconds:>10.2f}{(seconds / n) / (local_s / n):>10.2f}{ready_s:>14.1f}")
-    one, two = results[1][1], results[2][1]
-    print(f"speed-up 2 vs 1 worker: {one / two:.2f}x; executor overhead per item (ray 1 worker / local): "
-          f"{one / local_s:.2f}x = {(one - local_s) / n * 1000:+.0f} ms/item")
+    print(f"{'executor':<18}{'s/item':>10}{'items/s':>10}{'local s/item (same rounds)':>28}{'ray/local':>11}{'pool ready s':>14}")
+    for workers, (ready_s, local_s, pool_s, ratio) in rows.items():
+        print(f"{f'ray, {workers} worker(s)':<18}{pool_s / n:>10.3f}{n / pool_s:>10.2f}{local_s / n:>28.3f}{ratio:>11.2f}{ready_s:>14.1f}")
+    speedup = rows[1][3] / rows[2][3]
+    print(f"throughput 2 vs 1 worker (each normalised by its side-by-side local runs): {speedup:.2f}x")
+    print(f"executor overhead per item (ray 1 worker / local, median per-round ratio): {rows[1][3]:.2f}x "
+          f"= {(rows[1][2] - rows[1][1]) / n * 1000:+.0f} ms/item")
 
 
 if __name__ == "__main__":

@@ -50,21 +50,30 @@ def pool(local_ray):
     executor.close()
 
 
+class Made(list):
+    ran: list[str]
+
+
 @pytest.fixture()
 def cli_pool(pool, monkeypatch):
     """The CLI parses and checks its --executor options as always, then gets the shared pool."""
     import depth2img.executors.base as base
 
+    made, ran = Made(), []
+
     class Shared:  # the CLI closes its executor after a run; the module's pool stays up
-        run = pool.run
+        def run(self, items):
+            items = list(items)
+            ran.extend(item.name for item in items)
+            return pool.run(items)
 
         def close(self):
             pass
 
-    made = []
     real = base.make_executor
     monkeypatch.setattr(base, "make_executor", lambda options, load, spec: made.append((options, spec)) or (
         Shared() if options.executor == "ray" else real(options, load, spec)))
+    made.ran = ran  # what went through the pool
     return made
     assert not ray_processes(Path(env["RAY_TMPDIR"])), "Ray processes outlived ray.shutdown()"
 
@@ -116,3 +125,23 @@ def test_max_failures_stops_the_run_and_leaves_the_rest_for_resume(cli_pool, tmp
     assert "stopped after 2 failures (--max-failures 1)" in result.output
     lines = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert [r["status"] for r in lines].count("failed") == 2 and len(lines) < 5  # the rest is left for --resume
+
+
+def test_video_frames_render_in_parallel_on_ray_with_the_local_pixels(cli_pool, tiny_pipe, tmp_path, monkeypatch):
+    """--temporal fixed-noise: every frame is a work item (its depth map, clip depth range and seed from
+    the driver's depth pass); the frames equal the local executor's within 1/255."""
+    from .test_video import pan_clip, save_frames
+
+    monkeypatch.setattr("depth2img.cli.video.load", lambda *a: tiny_pipe)
+    frames = save_frames(pan_clip(3), tmp_path / "frames")
+    common = ["video", "--model", "tiny", "--input", str(frames[0].parent), "--prompt", "x", "--steps", "2",
+              "--strength", "1", "--seed", "1", "--temporal", "fixed-noise"]
+    local = CliRunner().invoke(app, [*common, "--output", str(tmp_path / "local.mp4")])
+    assert local.exit_code == 0, local.output
+    distributed = CliRunner().invoke(app, [*common, "--output", str(tmp_path / "ray.mp4"), "--executor", "ray"])
+    assert distributed.exit_code == 0 and "3 rendered" in distributed.output, distributed.output
+    assert cli_pool.ran == ["000000", "000001", "000002"]  # every frame went through the pool
+    for t in range(3):
+        a = np.asarray(Image.open(tmp_path / "ray.frames" / "out" / f"{t:06d}.png"), dtype=int)
+        b = np.asarray(Image.open(tmp_path / "local.frames" / "out" / f"{t:06d}.png"), dtype=int)
+        assert np.abs(a - b).max() <= 1, t

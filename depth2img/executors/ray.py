@@ -2,9 +2,9 @@
 by this process. Ray is imported lazily: ``pip install 'depth2img[ray]'``.
 
 Why an explicit pool rather than Ray Data's ``map_batches`` (scale.md §1.2): Ray Data retries a dead
-actor's task on *that* actor once it restarts, which never happens when the lost node's CPU or GPU is
-gone (scale.md §1.7-6: a fixed pool can stall); here the driver gives a lost item to a live actor at
-once. The pool also outlives one run, so a server (or a test) reuses loaded actors. What it fills:
+actor's task on *that* actor once it restarts, which waits for new resources when the lost node's CPU
+or GPU is gone (scale.md §1.7-6 records a fixed pool stalling); here the driver gives a lost item to a
+live actor at once. The pool also outlives one run, so a server (or a test) reuses loaded actors. What it fills:
 Ray's ``ActorPool`` stops at the first actor failure; this one requeues.
 
 - Each actor loads :class:`ModelSpec` itself (the CLI's model arguments: weights on a path or hub id
