@@ -65,6 +65,9 @@ def test_items_spread_a_lost_node_loses_nothing_and_a_bad_input_fails_alone(clus
     (folder / "img005.png").write_bytes(b"not a picture")  # a bad input among good ones
     good = [n for n in names if n != "img005.png"]
     executor = RayExecutor(ModelSpec("tiny"), workers=2)
+    # both actors loaded before the run: under load one may take much longer, and the check is the
+    # spread and the failover, not the start-up
+    ray.get([actor.ready.remote() for actor in executor.start()], timeout=300)
     recording = Recording(executor)
     ends: list[tuple[str, str]] = []
     killed: list[str] = []
