@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
+
+# Ray reads this switch once, when it is imported (ray_constants.ENABLE_RAY_CLUSTER): 0 keeps every node
+# of the tests' Ray clusters on 127.0.0.1 instead of the machine's address (tests/_ray.py sets the rest).
+# Only Ray reads it; set before any test module imports ray.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def photo(name: str, size: tuple[int, int] | None = None) -> Image.Image:

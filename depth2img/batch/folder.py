@@ -21,12 +21,13 @@ from __future__ import annotations
 import glob
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import Depth2ImgError, InvalidRequestError
+from ..executors.base import Executor, WorkItem
 from ..request import MAX_SEED, GenerationRequest, resolve_seeds
 from .manifest import MANIFEST_NAME, append_record, file_hash, read_manifest, settings_hash
 
@@ -83,10 +84,12 @@ class BatchSummary:
     skipped: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (item name, reason)
     warnings: list[str] = field(default_factory=list)
+    stopped: str | None = None  # why the run stopped early (the error budget), else None
 
     @property
     def line(self) -> str:
-        return f"batch: {self.ok} succeeded, {self.failed} failed, {self.skipped} skipped"
+        line = f"batch: {self.ok} succeeded, {self.failed} failed, {self.skipped} skipped"
+        return f"{line}; {self.stopped}" if self.stopped else line
 
 
 def request_settings(request: GenerationRequest, extra: dict[str, Any]) -> dict[str, Any]:
@@ -111,12 +114,17 @@ def run_batch(
     suffix: str = ".png",
     settings: dict[str, Any] | None = None,
     on_item: Callable[[str, str], None] | None = None,
+    executor: Executor | None = None,
+    max_failures: int | None = None,
 ) -> BatchSummary:
     """Run ``request`` on every input (see the module docstring). ``request`` carries everything but the
     per-item image (and, with ``depth_dir``/``mask_dir``, the depth map/mask); ``settings`` adds what else
-    decides the pixels (model, device, dtype). ``on_item(name, status)`` reports each item as it ends."""
-    from ..images import load_image
-    from ..outputs import save_image, save_or_fall_back
+    decides the pixels (model, device, dtype). ``on_item(name, status)`` reports each item as it ends.
+
+    This process plans the items (names, seeds, hashes, resume) and writes the manifest as results
+    come back; ``executor`` (default: in this process with ``load_pipe``) makes the pictures, so the
+    manifest is the same whichever executor ran. ``max_failures``: stop once more items failed."""
+    from ..executors.local import LocalExecutor
 
     out_dir = Path(out_dir)
     manifest_path = out_dir / MANIFEST_NAME
@@ -128,59 +136,69 @@ def run_batch(
     common = request_settings(request, {**(settings or {}), "same_seed": same_seed, "suffix": suffix})
     fingerprint = settings_hash(common)
     summary = BatchSummary()
-    pipe: Any = None
+    pending: dict[str, dict[str, Any]] = {}  # item name -> its manifest record, until its result is back
 
-    for path in inputs:
-        name = path.name
-        seed = item_seed(base, name, same_seed)
-        outputs = output_paths(out_dir, path, request.batch_size, suffix)
-        record: dict[str, Any] = {"item": name, "input": str(path), "seed": seed, "base_seed": base,
-                                  "settings_hash": fingerprint, "settings": common,
-                                  "outputs": [str(p) for p in outputs]}
-        try:
-            record["input_sha256"] = file_hash(path)
-            changes: dict[str, Any] = {"seed": seed}
-            for folder, field_name, what in ((depth_dir, "depth_map", "depth map"), (mask_dir, "mask", "mask")):
-                if folder is not None:
-                    partner = find_partner(Path(folder), path, what)
-                    record[f"{field_name}_sha256"] = file_hash(partner)
-                    changes[field_name] = str(partner)
+    def finish(name: str, status: str, error: str | None) -> None:
+        record = pending.pop(name)
+        record.update(status=status, error=error, time=time.time())
+        append_record(manifest_path, record)
+        if status == "ok":
+            summary.ok += 1
+        else:
+            summary.failed += 1
+            summary.failures.append((name, error or "failed"))
+        _report(on_item, name, status)
+        if max_failures is not None and summary.failed > max_failures:
+            raise _OverBudget
+
+    def plan() -> Iterator[WorkItem]:
+        """The work items, in input order; skipped and unplannable items are recorded on the way."""
+        for path in inputs:
+            name = path.name
+            seed = item_seed(base, name, same_seed)
+            outputs = output_paths(out_dir, path, request.batch_size, suffix)
+            record: dict[str, Any] = {"item": name, "input": str(path), "seed": seed, "base_seed": base,
+                                      "settings_hash": fingerprint, "settings": common,
+                                      "outputs": [str(p) for p in outputs]}
+            pending[name] = record
+            try:
+                record["input_sha256"] = file_hash(path)
+                partners: dict[str, Any] = {}
+                for folder, field_name, what in ((depth_dir, "depth_map", "depth map"), (mask_dir, "mask", "mask")):
+                    if folder is not None:
+                        partner = find_partner(Path(folder), path, what)
+                        record[f"{field_name}_sha256"] = file_hash(partner)
+                        partners[field_name] = str(partner)
+            except (Depth2ImgError, OSError) as error:
+                finish(name, "failed", str(error) or type(error).__name__)
+                continue
             previous = records.get(name)
             if previous is not None and _same(previous, record) and all(p.exists() for p in outputs):
+                pending.pop(name)
                 summary.skipped += 1
                 _report(on_item, name, "skipped")
                 continue
-            changes["image"] = load_image(path)
-            if "depth_map" in changes:
-                from ..depth import load_depth_map
+            yield WorkItem(name, path, request.replace(**partners), seed, tuple(outputs))
 
-                changes["depth_map"] = load_depth_map(changes["depth_map"])
-            if "mask" in changes:
-                from ..images import open_image
-
-                changes["mask"] = open_image(changes["mask"], what="mask")
-            item_request = request.replace(**changes)
-            if pipe is None:
-                pipe = load_pipe()
-            result = pipe.generate(item_request)
-            summary.warnings.extend(f"{name}: {w}" for w in result.warnings)
-            for picture, infotext, target in zip(result.images, result.infotexts, outputs):
-                written, problem = save_or_fall_back(lambda p, pic=picture, info=infotext: save_image(pic, p, infotext=info), target)
-                if problem:
-                    summary.warnings.append(problem)
-        except (Depth2ImgError, OSError) as error:
-            reason = str(error) or type(error).__name__
-            record.update(status="failed", error=reason, time=time.time())
-            append_record(manifest_path, record)
-            summary.failed += 1
-            summary.failures.append((name, reason))
-            _report(on_item, name, "failed")
-            continue
-        record.update(status="ok", error=None, time=time.time())
-        append_record(manifest_path, record)
-        summary.ok += 1
-        _report(on_item, name, "ok")
+    runner = executor if executor is not None else LocalExecutor(load_pipe)
+    results = runner.run(plan())
+    try:
+        for result in results:
+            if result.name not in pending:
+                continue  # a second result for one item (a retried task that had finished): recorded once
+            summary.warnings.extend(result.warnings)
+            finish(result.name, result.status, result.error)
+    except _OverBudget:
+        summary.stopped = f"stopped after {summary.failed} failures (--max-failures {max_failures})"
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
     return summary
+
+
+class _OverBudget(Exception):
+    """More items failed than ``max_failures`` allows: the run stops (unfinished items stay unrecorded)."""
 
 
 _MATCH_KEYS = ("status", "settings_hash", "seed", "input_sha256", "depth_map_sha256", "mask_sha256", "outputs")

@@ -192,13 +192,19 @@ def render_frames(
     resume: bool = False,
     settings: dict[str, Any] | None = None,
     on_frame: Callable[[int, int, str], None] | None = None,
+    executor: Any = None,
 ) -> Rendered:
     """Render every frame (see the module docstring). ``frames`` None with ``depth_frames``: depth-only
     video. ``request`` carries everything but the per-frame image, depth map and seed.
 
     Estimated depths are computed once (pass 1, cached in ``FRAMES/depth``) and handed to the pipeline
     as the frame's own map, so the clip range is computed on exactly what is normalised. Known wart:
-    the frames' infotexts therefore say "Depth: own map" even for estimated depth."""
+    the frames' infotexts therefore say "Depth: own map" even for estimated depth.
+
+    ``executor`` (depth2img/executors; None: this process, ``pipe``): frames that do not depend on each
+    other (``--temporal none``/``fixed-noise`` without colour coherence) are handed to it as work items, each
+    with its depth map, clip depth range and seed, and render in parallel on a Ray pool. Fusion and
+    colour coherence need the previous/first frame, so they always render here, in order."""
     import torch
     from PIL import Image
 
@@ -262,6 +268,27 @@ def render_frames(
     previous: torch.Tensor | None = None
     first_picture: np.ndarray | None = None
     rendered = skipped = 0
+    if not fusion and not options.color_coherence:  # independent frames: work items for the executor
+        from ..executors.base import WorkItem
+        from ..executors.local import LocalExecutor
+
+        executor = executor if executor is not None else LocalExecutor(lambda: pipe)
+        items = []
+        for t in range(count):
+            if reuse and out_paths[t].exists():
+                skipped += 1
+                _report(on_frame, t, count, "skipped")
+                continue
+            items.append(WorkItem(f"{t:06d}", frames[t] if frames is not None else None,
+                                  request.replace(depth_map=raws[t]), frame_seed(base, t, options.temporal),
+                                  (out_paths[t],), ranges[t]))
+        for done in executor.run(items):
+            if done.status != "ok":
+                raise InvalidRequestError(f"frame {done.name}: {done.error}")
+            notes.extend(w.split(": ", 1)[1] for w in done.warnings if w.split(": ", 1)[1] not in notes)
+            rendered += 1
+            _report(on_frame, int(done.name), count, "rendered")
+        return Rendered(out_paths, rendered, skipped, notes)
     for t in range(count):
         if reuse and out_paths[t].exists() and (not fusion or latent_paths[t].exists()):
             previous = torch.from_numpy(np.load(latent_paths[t])) if fusion else None

@@ -17,7 +17,8 @@ from ..request import GenerationRequest, flag
 from .generate import GENERATE_FIELDS
 from .handling import err, one_line_errors, say, warn
 from .loading import load
-from .options import DepthModelOpt, DeviceOpt, DtypeOpt, ModelOpt, decode_inputs, request_options, to_request_fields
+from .options import (DepthModelOpt, DeviceOpt, DtypeOpt, ExecutorOpt, GpusPerWorkerOpt, MaxFailuresOpt, ModelOpt,
+                      RayAddressOpt, WorkersOpt, decode_inputs, executor_for, request_options, to_request_fields)
 
 BATCH_FIELDS = tuple(name for name in GENERATE_FIELDS if name != "image")
 PLACEHOLDER = "(each input)"
@@ -37,6 +38,11 @@ def batch(
     depth_model: DepthModelOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = None,
+    gpus_per_worker: GpusPerWorkerOpt = 0.0,
+    max_failures: MaxFailuresOpt = None,
     *,
     fields: dict[str, Any],
 ) -> None:
@@ -61,6 +67,8 @@ def batch(
     targets = [p for item in inputs for p in output_paths(output, item, request_fields.get("batch_size", 1), ext)]
     check_targets([Target("--output", tuple(targets))])
     request = GenerationRequest(**{**decode_inputs(request_fields), "image": None}).replace(**stand_in)
+    options, runner = executor_for(executor, ray_address, workers, gpus_per_worker, max_failures,
+                                   lambda: load(model, device, dtype, depth_model), model, device, dtype, depth_model)
 
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -72,14 +80,18 @@ def batch(
         def on_item(name: str, status: str) -> None:
             progress.update(task, advance=1, description=f"{name}: {status}")
 
-        summary = run_batch(
-            lambda: load(model, device, dtype, depth_model), request, inputs, output, depth_dir=depth_dir,
-            mask_dir=mask_dir, resume=resume, same_seed=same_seed, suffix=ext,
-            settings={"model": model, "depth_model": depth_model, "device": device, "dtype": dtype}, on_item=on_item,
-        )
+        try:
+            summary = run_batch(
+                lambda: load(model, device, dtype, depth_model), request, inputs, output, depth_dir=depth_dir,
+                mask_dir=mask_dir, resume=resume, same_seed=same_seed, suffix=ext,
+                settings={"model": model, "depth_model": depth_model, "device": device, "dtype": dtype}, on_item=on_item,
+                executor=runner, max_failures=options.max_failures,
+            )
+        finally:
+            runner.close()
     warn(summary.warnings)
     for name, reason in summary.failures:
         err.print(f"[red]failed:[/] {escape(name)}: {escape(reason)}", markup=True, highlight=False)
     say(summary.line)
-    if summary.failed:
+    if summary.failed or summary.stopped:
         raise typer.Exit(1)
