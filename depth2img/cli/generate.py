@@ -15,7 +15,7 @@ import typer
 from ..request import GenerationRequest, flag
 from .handling import one_line_errors, say, warn
 from .loading import load, run_with_progress
-from .options import ControlNetOpt, DepthModelOpt, DeviceOpt, DtypeOpt, EmbeddingsDirOpt, LoraDirOpt, ModelOpt, decode_inputs, request_options, to_request_fields
+from .options import ControlNetOpt, DepthModelOpt, DeviceOpt, DtypeOpt, EmbeddingsDirOpt, LoraDirOpt, ModelOpt, ThreadsOpt, decode_inputs, request_options, to_request_fields
 
 GENERATE_FIELDS = (
     "image", "prompt", "negative_prompt", "styles", "loras", "strength", "steps", "guidance_scale", "seed", "scheduler", "batch_size",
@@ -41,6 +41,7 @@ def generate(
     lora_dir: LoraDirOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
+    threads: ThreadsOpt = None,
     *,
     fields: dict[str, Any],
 ) -> None:
@@ -66,7 +67,7 @@ def generate(
 
         loras = LoraLibrary(lora_dir) if lora_dir is not None else None
         requested("", "", request.loras, loras)
-    pipe = load(model, device, dtype, depth_model, controlnet)
+    pipe = load(model, device, dtype, depth_model, controlnet, threads)
     pipe.loras = loras
     pipe.styles = styles
     if embeddings_dir is not None:

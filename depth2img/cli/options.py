@@ -54,6 +54,10 @@ LoraDirOpt = Annotated[
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or mps.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, float16 or bfloat16.")]
+ThreadsOpt = Annotated[
+    Optional[int],
+    typer.Option("--threads", min=1, help="CPU threads for torch in this process (default: torch's, one per core)."),
+]
 
 
 def _help(spec: Param, default: Any) -> str:
