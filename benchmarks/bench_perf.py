@@ -555,7 +555,7 @@ def main(argv: list[str] | None = None) -> None:
     info["gemm_bf16_gflops"] = gemm_peak(torch.bfloat16, n=2048 if native_bf16 else 256, repeats=2)
     print(f"{info['cpu']} ({info['family_model']}), {info['cores']} cores, flags {' '.join(info['flags'])}; "
           f"torch {info['torch']}, diffusers {info['diffusers']}, {args.threads} threads; "
-          f"GEMM 2048² fp32 {peak:.1f} GFLOP/s, bf16 {info['gemm_bf16_gflops']:.1f} GFLOP/s", flush=True)
+          f"GEMM 2048² fp32 {peak:.1f} GFLOP/s, bf16 {info['gemm_bf16_gflops']:.1f} GFLOP/s ({'native' if native_bf16 else 'emulated, 256²'})", flush=True)
     rows: list[dict] = []
     try:
         files = ensure_files(args.workdir, ckpt="start" in sections, folder=True)
