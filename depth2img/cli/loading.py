@@ -18,11 +18,18 @@ def checkpoint_cache() -> Path | None:
 
 
 def load(model: str, device: str, dtype: str, depth_model: str | None, controlnet: str | None = None,
-         low_memory: bool = False) -> Any:
-    """``load_pipeline`` behind one spinner instead of the libraries' per-component progress bars."""
+         low_memory: bool = False, threads: int | None = None) -> Any:
+    """``load_pipeline`` behind one spinner instead of the libraries' per-component progress bars.
+
+    ``threads``: torch's intra-op thread count, a process-wide setting, so only the CLI (which owns its
+    process) sets it, never the library (benchmarks/bench_perf.py --scaling measures 1 thread vs all).
+    """
     import diffusers
+    import torch
     import transformers
 
+    if threads is not None:
+        torch.set_num_threads(threads)
     from ..pipeline import load_pipeline
 
     diffusers.utils.logging.disable_progress_bar()  # CLI-only setting: this process is the CLI

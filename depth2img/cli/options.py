@@ -53,6 +53,13 @@ LoraDirOpt = Annotated[
     typer.Option("--lora-dir", help="Folder of LoRA files for --lora NAME:WEIGHT and <lora:NAME:WEIGHT> in the prompt."),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or mps.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, float16 or bfloat16.")]
+LowMemoryOpt = Annotated[bool, typer.Option("--low-memory", help="VAE tiling and slicing (1024-2048 px decodes fit); "
+                                            "on CUDA the text encoder and depth estimator wait on the CPU between uses.")]
+ThreadsOpt = Annotated[
+    Optional[int],
+    typer.Option("--threads", min=1, help="CPU threads for torch in this process (default: torch's, one per core)."),
+]
 
 # -- where the items of a batch or video run (depth2img/executors): batch and video share these ------
 ExecutorOpt = Annotated[str, typer.Option(
@@ -81,9 +88,6 @@ def executor_for(executor: str, ray_address: str | None, workers: int | None, gp
 
     options = ExecutorOptions(executor, ray_address, workers, gpus_per_worker, max_failures).check()
     return options, make_executor(options, load_pipe, ModelSpec(model, device, dtype, depth_model))
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, float16 or bfloat16.")]
-LowMemoryOpt = Annotated[bool, typer.Option("--low-memory", help="VAE tiling and slicing (1024-2048 px decodes fit); "
-                                            "on CUDA the text encoder and depth estimator wait on the CPU between uses.")]
 
 
 def _help(spec: Param, default: Any) -> str:
