@@ -19,7 +19,7 @@ from starlette.types import ASGIApp
 
 from .. import __version__
 from ..errors import Depth2ImgError
-from . import native, sdapi
+from . import extra_networks, native, sdapi
 from .auth import BasicAuthMiddleware
 from .errors import QueueFullError, status_for
 from .jobs import JobStore
@@ -70,6 +70,7 @@ def create_app(settings: Settings) -> ASGIApp:
     app.state.services = svc
     app.include_router(native.router)
     app.include_router(sdapi.router)
+    app.include_router(extra_networks.router)
 
     @app.exception_handler(Depth2ImgError)
     async def typed_error(request: Request, error: Depth2ImgError):

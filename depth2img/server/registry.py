@@ -18,6 +18,7 @@ from ..errors import InvalidRequestError
 from ..models.catalog import ModelEntry, list_models
 from ..models.tiny import TINY_NAMES
 from ..pipeline import Pipeline, load_pipeline
+from .extras import PromptExtras
 from .settings import Settings
 
 log = logging.getLogger("depth2img.server")
@@ -34,6 +35,7 @@ class Registry:
         self.entries: dict[str, ModelEntry] = {}
         self._pipe: Pipeline | None = None
         self._key: tuple[str, str | None] | None = None
+        self.extras = PromptExtras(settings)  # styles, embeddings, LoRAs: attached to every pipeline loaded
         self.refresh()
         self.default = self.resolve(settings.model) if settings.model else next(iter(self.entries), TINY_NAMES[0])
 
@@ -83,6 +85,7 @@ class Registry:
             log.info("loading model %s", key[0])
             self._pipe = load_pipeline(str(entry.path), device=self.settings.device, dtype=self.settings.dtype,
                                        depth_model=depth_path, cache_dir=self.settings.cache_dir)
+            self.extras.attach(self._pipe)
             self._key = key
             return self._pipe
 
