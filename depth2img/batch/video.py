@@ -197,8 +197,8 @@ def render_frames(
     video. ``request`` carries everything but the per-frame image, depth map and seed.
 
     Estimated depths are computed once (pass 1, cached in ``FRAMES/depth``) and handed to the pipeline
-    as the frame's own map, so the clip range is computed on exactly what is normalised. Known wart:
-    the frames' infotexts therefore say "Depth: own map" even for estimated depth."""
+    as the frame's map, so the clip range is computed on exactly what is normalised; ``Plan.own_depth``
+    says which it was, so an estimated frame's infotext says so (not "own map")."""
     import torch
     from PIL import Image
 
@@ -273,6 +273,7 @@ def render_frames(
             fields["image"] = load_image(frames[t])
         plan = pipe.plan(request.replace(**fields))
         plan.depth_range = ranges[t]
+        plan.own_depth = depth_frames is not None
         if fusion and t > 0 and previous is not None:
             now, before = _flow_picture(view(t), raws[t]), _flow_picture(view(t - 1), raws[t - 1])
             to_previous, to_current = dis_flow(now, before), dis_flow(before, now)
