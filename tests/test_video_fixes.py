@@ -26,3 +26,25 @@ def test_infotext_names_the_depth_source_as_a_single_picture_does(tiny_pipe, tmp
         text = Image.open(tmp_path / folder / "frames" / "out" / "000001.png").info["parameters"]
         assert parse_infotext(text)["Depth"] == parse_infotext(reference.infotexts[0])["Depth"], folder
     assert parse_infotext(alone.infotexts[0])["Depth"] != "own map"
+
+
+def sharpness(picture: np.ndarray) -> float:
+    """Variance of the Laplacian of the grey picture (Pech-Pacheco et al. 2000's focus measure), by OpenCV."""
+    import cv2
+
+    grey = cv2.cvtColor(picture, cv2.COLOR_RGB2GRAY).astype(np.float64)
+    return float(cv2.Laplacian(grey, cv2.CV_64F).var())
+
+
+def test_fusion_keeps_frames_as_sharp_as_fixed_noise_over_a_pan(tiny_pipe, tmp_path):
+    """Fusion used to warp the previous frame's latents, which had themselves been pulled towards a warped
+    target: the sub-latent-pixel resampling compounded and the frames grew blurrier along the pan
+    (measured: 0.86x the sharpness of the same frames without fusion). Warping the previous *picture*
+    keeps them as sharp as frames rendered without fusion (the baseline, computed here on the same clip)."""
+    frames = pan_clip(6)
+    fixed = [sharpness(f) for f in render(tiny_pipe, frames, tmp_path / "fixed", temporal="fixed-noise")]
+    fused = [sharpness(f) for f in render(tiny_pipe, frames, tmp_path / "fusion", temporal="fusion")]
+    print("sharpness fixed-noise", [round(v) for v in fixed], "fusion", [round(v) for v in fused])
+    assert fused[0] == fixed[0]  # frame 0 has nothing to fuse with
+    assert np.mean(fused[1:]) > 0.93 * np.mean(fixed[1:]), (fused, fixed)
+    assert np.mean(fused[-3:]) > 0.93 * fused[0], fused  # no decline along the pan

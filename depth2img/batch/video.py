@@ -3,10 +3,10 @@
 - :func:`decode_video` writes the source frames as ``FRAMES/source/000000.png``… (atomic, existing
   frames kept), records the frame rate as an exact fraction and whether there is audio. A folder of
   frames is used as it is (sorted by name).
-- :func:`render_frames` runs the pipeline once per frame, writing ``FRAMES/out/000000.png`` (and, for
-  fusion, the frame's final latents ``FRAMES/latents/000000.npy`` just before it: the PNG is the
-  "done" mark). ``FRAMES/render.json`` holds the settings; ``resume`` re-renders only missing frames
-  when they match, so a crash loses at most one frame and the result is byte-identical.
+- :func:`render_frames` runs the pipeline once per frame, writing ``FRAMES/out/000000.png`` (the PNG is
+  the "done" mark; fusion starts the next frame from this picture). ``FRAMES/render.json`` holds the
+  settings; ``resume`` re-renders only missing frames when they match, so a crash loses at most one
+  frame and the result is byte-identical.
 - :func:`encode_video` encodes at the source's exact rate (divided by the stride) with libx264/yuv420p
   and copies the source's audio stream (from the start frame on) without re-encoding.
 """
@@ -199,7 +199,6 @@ def render_frames(
     Estimated depths are computed once (pass 1, cached in ``FRAMES/depth``) and handed to the pipeline
     as the frame's map, so the clip range is computed on exactly what is normalised; ``Plan.own_depth``
     says which it was, so an estimated frame's infotext says so (not "own map")."""
-    import torch
     from PIL import Image
 
     from ..depth import estimate_depth, load_depth_map
@@ -207,7 +206,7 @@ def render_frames(
     from ..outputs import atomic_output, save_image
     from ..request import resolve_seeds
     from .flow import dis_flow, occlusion
-    from .temporal import LatentFusion, depth_ranges, frame_seed, match_colors, resized_depths, warp_latents
+    from .temporal import LatentFusion, depth_ranges, frame_seed, fusion_target, match_colors, resized_depths
 
     options.check()
     if request.batch_size != 1:
@@ -257,14 +256,13 @@ def render_frames(
 
     # pass 2: the frames
     out_paths = [frames_dir / "out" / f"{t:06d}.png" for t in range(count)]
-    latent_paths = [frames_dir / "latents" / f"{t:06d}.npy" for t in range(count)]
     fusion = options.temporal == "fusion"
-    previous: torch.Tensor | None = None
+    previous: np.ndarray | None = None  # the previous output picture (fusion warps it to this frame)
     first_picture: np.ndarray | None = None
     rendered = skipped = 0
     for t in range(count):
-        if reuse and out_paths[t].exists() and (not fusion or latent_paths[t].exists()):
-            previous = torch.from_numpy(np.load(latent_paths[t])) if fusion else None
+        if reuse and out_paths[t].exists():
+            previous = np.asarray(Image.open(out_paths[t]).convert("RGB")) if fusion else None
             skipped += 1
             _report(on_frame, t, count, "skipped")
             continue
@@ -277,14 +275,13 @@ def render_frames(
         if fusion and t > 0 and previous is not None:
             now, before = _flow_picture(view(t), raws[t]), _flow_picture(view(t - 1), raws[t - 1])
             to_previous, to_current = dis_flow(now, before), dis_flow(before, now)
-            target, mask = warp_latents(previous.to(pipe.device, pipe.dtype), to_previous, ~occlusion(to_previous, to_current))
+            target, mask = fusion_target(pipe, previous, to_previous, ~occlusion(to_previous, to_current), latent_size)
 
             def wrap(scheduler: Any, timesteps: Any, noise: Any, target: Any = target, mask: Any = mask) -> Any:
                 return LatentFusion(scheduler, target, noise, mask, timesteps, options.fusion_strength, options.fusion_end)
 
             plan.wrap_scheduler = wrap
-        final: dict[str, torch.Tensor] = {}
-        result = pipe.run(plan, callback=lambda info: final.__setitem__("latents", info.latents))
+        result = pipe.run(plan)
         notes.extend(w for w in result.warnings if w not in notes)
         picture = np.asarray(result.images[0].convert("RGB"))
         if options.color_coherence:
@@ -294,10 +291,7 @@ def render_frames(
                 if first_picture is None:
                     first_picture = np.asarray(Image.open(out_paths[0]).convert("RGB"))
                 picture = match_colors(picture, first_picture)
-        previous = final.get("latents")
-        if fusion and previous is not None:
-            with atomic_output(latent_paths[t]) as tmp, open(tmp, "wb") as handle:
-                np.save(handle, previous.float().cpu().numpy())
+        previous = picture if fusion else None
         save_image(Image.fromarray(picture), out_paths[t], infotext=result.infotexts[0])
         rendered += 1
         _report(on_frame, t, count, "rendered")
