@@ -48,3 +48,33 @@ def test_fusion_keeps_frames_as_sharp_as_fixed_noise_over_a_pan(tiny_pipe, tmp_p
     assert fused[0] == fixed[0]  # frame 0 has nothing to fuse with
     assert np.mean(fused[1:]) > 0.93 * np.mean(fixed[1:]), (fused, fixed)
     assert np.mean(fused[-3:]) > 0.93 * fused[0], fused  # no decline along the pan
+
+
+def _render_folder(pipe, folder, frames_dir, resume=False, **options):
+    from depth2img import GenerationRequest
+    from depth2img.batch.video import VideoOptions, render_frames
+
+    request = GenerationRequest(prompt="a painting", image="(each frame)", steps=3, strength=0.7, seed=3,
+                                scheduler="ddim", guidance_scale=1.0)
+    return render_frames(pipe, request, sorted(folder.iterdir()), frames_dir, VideoOptions(**options), resume=resume)
+
+
+def test_resume_renders_a_changed_source_frame_again(tiny_pipe, tmp_path):
+    """Like batch's manifest: a source frame whose content changed (same file name) is rendered again on
+    --resume, unchanged ones are skipped, and the frames equal a fresh run on the new clip (byte for byte).
+    With fusion the frames after the changed one build on it, so they are rendered again too; with the clip's
+    one depth range every frame is (the new frame's depth changes the range)."""
+    from tests.test_video import big_photo
+
+    for options, again in (({"temporal": "fixed-noise", "depth_norm": "frame"}, 1), ({"temporal": "fusion", "depth_norm": "frame"}, 2), ({"temporal": "fixed-noise", "depth_norm": "clip"}, 4)):
+        name = "-".join(options.values())
+        source = tmp_path / name / "src"
+        save_frames(pan_clip(4), source)
+        first = _render_folder(tiny_pipe, source, tmp_path / name / "frames", **options)
+        assert (first.rendered, first.skipped) == (4, 0)
+        Image.fromarray(big_photo("coffee")[:64, :64]).save(source / "002.png")  # same name, new content
+        resumed = _render_folder(tiny_pipe, source, tmp_path / name / "frames", resume=True, **options)
+        assert (resumed.rendered, resumed.skipped) == (again, 4 - again), name
+        fresh = _render_folder(tiny_pipe, source, tmp_path / name / "fresh", **options)
+        for a, b in zip(resumed.frames, fresh.frames):
+            assert a.read_bytes() == b.read_bytes(), (name, a.name)

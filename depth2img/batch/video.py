@@ -5,8 +5,11 @@
   frames is used as it is (sorted by name).
 - :func:`render_frames` runs the pipeline once per frame, writing ``FRAMES/out/000000.png`` (the PNG is
   the "done" mark; fusion starts the next frame from this picture). ``FRAMES/render.json`` holds the
-  settings; ``resume`` re-renders only missing frames when they match, so a crash loses at most one
-  frame and the result is byte-identical.
+  settings and ``FRAMES/manifest.jsonl`` one record per finished frame with its key: the sha256 of what
+  the frame depends on (settings, the source frame's and depth map's file hashes, its depth range and,
+  with fusion or colour coherence, the previous frame's key). ``resume`` skips a frame only when its
+  output exists and its key is unchanged, so a crash loses at most one frame, a changed source frame is
+  rendered again (with the frames that build on it), and the result is byte-identical.
 - :func:`encode_video` encodes at the source's exact rate (divided by the stride) with libx264/yuv420p
   and copies the source's audio stream (from the start frame on) without re-encoding.
 """
@@ -25,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidRequestError
-from .manifest import settings_hash
+from .manifest import MANIFEST_NAME, append_record, file_hash, read_manifest, settings_hash
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif")
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -94,8 +97,8 @@ def decode_video(path: Path, frames_dir: Path, *, start: int = 0, end: int | Non
         if index < start or (index - start) % stride:
             continue
         target = frames_dir / "source" / f"{index:06d}.png"
-        if not target.exists():
-            frame = np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
+        frame = np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
+        if not _same_pixels(target, frame):  # a frame kept from an earlier run is replaced if the video changed
             from PIL import Image
 
             save_image(Image.fromarray(frame), target)
@@ -103,6 +106,18 @@ def decode_video(path: Path, frames_dir: Path, *, start: int = 0, end: int | Non
     if not kept:
         raise InvalidRequestError(f"--input '{path}': no frames in the range start {start}, end {end}")
     return Clip(kept, rate / stride, audio=path if has_audio else None, audio_offset=float(start / rate))
+
+
+def _same_pixels(path: Path, frame: np.ndarray) -> bool:
+    if not path.exists():
+        return False
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return np.array_equal(np.asarray(image.convert("RGB")), frame)
+    except OSError:
+        return False
 
 
 def read_frames(path: Path) -> list[np.ndarray]:
@@ -236,13 +251,16 @@ def render_frames(
             views[t] = None if frames is None else pipe.load_init_image(request.replace(image=load_image(frames[t])))
         return views[t]
 
-    # pass 1: every depth map (own, or estimated once and cached), then the normalisation ranges
+    sources = [file_hash(p) for p in frames] if frames is not None else [None] * count
+    depth_sources = [file_hash(p) for p in depth_frames] if depth_frames is not None else [None] * count
+
+    # pass 1: every depth map (own, or estimated once and cached per source content), then the ranges
     raws: list[np.ndarray] = []
     for t in range(count):
         if depth_frames is not None:
             raws.append(load_depth_map(depth_frames[t]))
             continue
-        cached = frames_dir / "depth" / f"{t:06d}.npy"
+        cached = frames_dir / "depth" / f"{t:06d}-{sources[t][:16]}.npy"
         if reuse and cached.exists():
             raws.append(np.load(cached))
             continue
@@ -260,8 +278,14 @@ def render_frames(
     previous: np.ndarray | None = None  # the previous output picture (fusion warps it to this frame)
     first_picture: np.ndarray | None = None
     rendered = skipped = 0
+    manifest = frames_dir / MANIFEST_NAME
+    done = read_manifest(manifest) if resume else {}
+    chained = fusion or options.color_coherence  # a frame built on the previous (or first) output frame
+    key = ""
     for t in range(count):
-        if reuse and out_paths[t].exists():
+        key = settings_hash({"settings": fingerprint, "source": sources[t], "depth": depth_sources[t],
+                             "range": ranges[t], "previous": key if chained else ""})
+        if resume and out_paths[t].exists() and done.get(str(t), {}).get("key") == key:
             previous = np.asarray(Image.open(out_paths[t]).convert("RGB")) if fusion else None
             skipped += 1
             _report(on_frame, t, count, "skipped")
@@ -293,6 +317,7 @@ def render_frames(
                 picture = match_colors(picture, first_picture)
         previous = picture if fusion else None
         save_image(Image.fromarray(picture), out_paths[t], infotext=result.infotexts[0])
+        append_record(manifest, {"item": str(t), "key": key, "source": sources[t], "depth": depth_sources[t]})
         rendered += 1
         _report(on_frame, t, count, "rendered")
     return Rendered(out_paths, rendered, skipped, notes)
