@@ -13,7 +13,8 @@ Where we follow A1111 and where we cannot:
 - ``n_iter`` batches run as one batch of ``batch_size * n_iter`` images; the seeds are A1111's
   ``all_seeds`` (seed + i) either way. There are no variation seeds: ``subseed_strength`` is ignored and
   ``all_subseeds`` reports the seeds.
-- ``styles`` names saved styles of ``--styles-file`` (an unknown one is a 422); ``<lora:...>`` tags and
+- ``styles`` names saved styles of ``--styles-file``; an unknown one is a 422 (A1111 skips it silently, so the
+  picture would lack what the client asked for); ``<lora:...>`` tags and
   embedding names in the prompt use ``--lora-dir`` / ``--embeddings-dir`` (server/extras.py; the listings
   ``/prompt-styles``, ``/loras``, ``/embeddings`` are in server/extra_networks.py).
 - Unknown fields (restore_faces, tiling, s_churn, ...) are accepted and ignored, as a real client
