@@ -88,6 +88,9 @@ class Plan:
     #   Video fusion blends the previous frame's warped latents in through it; the loop does not change.
     wrap_scheduler: Callable[[Any, torch.Tensor, torch.Tensor], Any] | None = None
     loras: list[Any] = field(default_factory=list)  # prompts.lora.LoraUse, applied for this run only
+    # own_depth: None = the infotext says "own map" when a depth map was given; a caller that passes a map it
+    #   estimated itself from this picture (video's pass 1) sets False, so the infotext says "estimated".
+    own_depth: bool | None = None
 
     @property
     def keeps_input(self) -> bool:
@@ -267,7 +270,7 @@ class Pipeline:
         return self._result(plan, images, depth, notes)
 
     def _result(self, plan: Plan, images: list[Image.Image], depth: DepthMaps | None, notes: list[str]) -> Result:
-        own = plan.user_depth is not None
+        own = plan.user_depth is not None if plan.own_depth is None else plan.own_depth
         infotexts = [self.infotext(plan.request, seed, images[0].size, own) for seed in plan.seeds]
         return Result(images=images, depth_map=depth, seeds=plan.seeds, infotexts=infotexts, request=plan.request,
                       warnings=notes)

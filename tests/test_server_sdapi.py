@@ -144,7 +144,7 @@ def test_errors_have_a1111_shape(http, fields, status, words):
 
 def test_old_sampler_names_unknown_fields_and_extension_fields(http, tiny_pipe):
     depth = Image.fromarray(np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (64, 1)))
-    r = img2img(http, sampler_name="DPM++ 2M Karras", restore_faces=True, tiling=False, styles=["x"], s_churn=0.5,
+    r = img2img(http, sampler_name="DPM++ 2M Karras", restore_faces=True, tiling=False, s_churn=0.5,
                 alwayson_scripts={"depth2img": {"args": [{"depth_map": b64(_png(depth)), "depth_strength": 0.5,
                                                           "depth_clip": [2, 98]}]}})
     assert r.status_code == 200, r.text

@@ -36,7 +36,8 @@ def frame_seed(base: int, index: int, temporal: str) -> int:
 class LatentFusion(SchedulerWrapper):
     """A scheduler wrapper (like :class:`~depth2img.sampling.LatentBlend`) for Rerender-style latent fusion.
 
-    ``target`` is the previous output frame's final latents warped to this frame by optical flow, ``mask``
+    ``target`` is the previous output frame warped to this frame by optical flow and encoded
+    (:func:`fusion_target`), ``mask``
     (1, 1, h, w) is 1 where that warp is trustworthy (forward-backward check, inside the frame). After
     each step whose index is below ``end`` of the steps (the early and middle steps), the latents are
     pulled towards the target re-noised to the next timestep with this frame's own noise:
@@ -57,24 +58,26 @@ class LatentFusion(SchedulerWrapper):
         return latents
 
 
-def warp_latents(previous: torch.Tensor, flow_to_previous: np.ndarray, valid: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """The previous frame's latents (B, C, h, w) warped to the current frame, and the (1, 1, h, w) mask.
+def fusion_target(pipe: Any, previous: np.ndarray, flow_to_previous: np.ndarray, valid: np.ndarray,
+                  latent_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The previous *output picture* (H, W, 3) uint8 warped to the current frame at full resolution, then
+    VAE-encoded (the posterior's mean, no noise): the (1, 4, h, w) fusion target; and the (1, 1, h, w)
+    mask of latent pixels whose pixels all have trustworthy flow and a source inside the frame.
 
-    ``flow_to_previous`` is the pixel flow current → previous (DIS on the source frames) and ``valid``
-    the pixel mask of trustworthy flow; both are brought to the latent grid (areas averaged, a latent
-    pixel valid only when all its pixels are)."""
-    from .flow import resize_flow, resize_mask, warp
+    Rerender's pixel-aware fusion warps the previous frame's result in pixel space too. Warping the
+    previous frame's *latents* instead (at 1/8 resolution, bilinear) smooths them by a fraction of a latent
+    pixel per frame, and since each frame's latents were themselves pulled towards a warped target, the
+    smoothing compounds frame after frame: the pictures grew steadily blurrier over a pan. Starting each
+    frame's target from the decoded picture ends that chain (one pixel-space resampling, no latent one)."""
+    from .flow import resize_mask, warp
 
-    h, w = previous.shape[-2:]
-    flow = resize_flow(flow_to_previous, (h, w))
-    mask = resize_mask(valid, (h, w))
-    warped = []
-    for sample in previous.float().cpu().numpy():  # (C, h, w)
-        moved, inside = warp(np.moveaxis(sample, 0, -1), flow)
-        warped.append(np.moveaxis(moved, -1, 0))
-        mask = mask * inside
-    target = torch.from_numpy(np.stack(warped)).to(previous.device, previous.dtype)
-    return target, torch.from_numpy(mask)[None, None].to(previous.device, previous.dtype)
+    moved, inside = warp(previous.astype(np.float32) / 255.0, flow_to_previous)  # (H, W, 3) in [0, 1]
+    pixels = torch.from_numpy(np.ascontiguousarray(moved.transpose(2, 0, 1)))[None] * 2 - 1  # (1, 3, H, W) [-1, 1]
+    with torch.no_grad():
+        posterior = pipe.vae.encode(pixels.to(pipe.device, pipe.vae.dtype)).latent_dist
+        target = (posterior.mode() * pipe.vae.config.scaling_factor).to(pipe.dtype)
+    mask = torch.from_numpy(resize_mask(valid & inside, latent_size))[None, None].to(pipe.device, pipe.dtype)
+    return target, mask
 
 
 def resized_depths(raws: Sequence[np.ndarray], size: tuple[int, int], request: Any) -> list[np.ndarray]:

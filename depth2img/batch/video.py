@@ -3,10 +3,13 @@
 - :func:`decode_video` writes the source frames as ``FRAMES/source/000000.png``… (atomic, existing
   frames kept), records the frame rate as an exact fraction and whether there is audio. A folder of
   frames is used as it is (sorted by name).
-- :func:`render_frames` runs the pipeline once per frame, writing ``FRAMES/out/000000.png`` (and, for
-  fusion, the frame's final latents ``FRAMES/latents/000000.npy`` just before it: the PNG is the
-  "done" mark). ``FRAMES/render.json`` holds the settings; ``resume`` re-renders only missing frames
-  when they match, so a crash loses at most one frame and the result is byte-identical.
+- :func:`render_frames` runs the pipeline once per frame, writing ``FRAMES/out/000000.png`` (the PNG is
+  the "done" mark; fusion starts the next frame from this picture). ``FRAMES/render.json`` holds the
+  settings and ``FRAMES/manifest.jsonl`` one record per finished frame with its key: the sha256 of what
+  the frame depends on (settings, the source frame's and depth map's file hashes, its depth range and,
+  with fusion or colour coherence, the previous frame's key). ``resume`` skips a frame only when its
+  output exists and its key is unchanged, so a crash loses at most one frame, a changed source frame is
+  rendered again (with the frames that build on it), and the result is byte-identical.
 - :func:`encode_video` encodes at the source's exact rate (divided by the stride) with libx264/yuv420p
   and copies the source's audio stream (from the start frame on) without re-encoding.
 """
@@ -25,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidRequestError
-from .manifest import settings_hash
+from .manifest import MANIFEST_NAME, append_record, file_hash, read_manifest, settings_hash
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif")
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -94,8 +97,8 @@ def decode_video(path: Path, frames_dir: Path, *, start: int = 0, end: int | Non
         if index < start or (index - start) % stride:
             continue
         target = frames_dir / "source" / f"{index:06d}.png"
-        if not target.exists():
-            frame = np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
+        frame = np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
+        if not _same_pixels(target, frame):  # a frame kept from an earlier run is replaced if the video changed
             from PIL import Image
 
             save_image(Image.fromarray(frame), target)
@@ -103,6 +106,18 @@ def decode_video(path: Path, frames_dir: Path, *, start: int = 0, end: int | Non
     if not kept:
         raise InvalidRequestError(f"--input '{path}': no frames in the range start {start}, end {end}")
     return Clip(kept, rate / stride, audio=path if has_audio else None, audio_offset=float(start / rate))
+
+
+def _same_pixels(path: Path, frame: np.ndarray) -> bool:
+    if not path.exists():
+        return False
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return np.array_equal(np.asarray(image.convert("RGB")), frame)
+    except OSError:
+        return False
 
 
 def read_frames(path: Path) -> list[np.ndarray]:
@@ -198,14 +213,14 @@ def render_frames(
     video. ``request`` carries everything but the per-frame image, depth map and seed.
 
     Estimated depths are computed once (pass 1, cached in ``FRAMES/depth``) and handed to the pipeline
-    as the frame's own map, so the clip range is computed on exactly what is normalised. Known wart:
-    the frames' infotexts therefore say "Depth: own map" even for estimated depth.
+    as the frame's map, so the clip range is computed on exactly what is normalised; ``Plan.own_depth``
+    says which it was, so an estimated frame's infotext says so (not "own map").
 
     ``executor`` (depth2img/executors; None: this process, ``pipe``): frames that do not depend on each
     other (``--temporal none``/``fixed-noise`` without colour coherence) are handed to it as work items, each
     with its depth map, clip depth range and seed, and render in parallel on a Ray pool. Fusion and
-    colour coherence need the previous/first frame, so they always render here, in order."""
-    import torch
+    colour coherence need the previous/first frame, so they always render here, in order. Either way each
+    rendered frame is recorded in ``FRAMES/manifest.jsonl`` under the key of what it depends on."""
     from PIL import Image
 
     from ..depth import estimate_depth, load_depth_map
@@ -213,7 +228,7 @@ def render_frames(
     from ..outputs import atomic_output, save_image
     from ..request import resolve_seeds
     from .flow import dis_flow, occlusion
-    from .temporal import LatentFusion, depth_ranges, frame_seed, match_colors, resized_depths, warp_latents
+    from .temporal import LatentFusion, depth_ranges, frame_seed, fusion_target, match_colors, resized_depths
 
     options.check()
     if request.batch_size != 1:
@@ -243,13 +258,16 @@ def render_frames(
             views[t] = None if frames is None else pipe.load_init_image(request.replace(image=load_image(frames[t])))
         return views[t]
 
-    # pass 1: every depth map (own, or estimated once and cached), then the normalisation ranges
+    sources = [file_hash(p) for p in frames] if frames is not None else [None] * count
+    depth_sources = [file_hash(p) for p in depth_frames] if depth_frames is not None else [None] * count
+
+    # pass 1: every depth map (own, or estimated once and cached per source content), then the ranges
     raws: list[np.ndarray] = []
     for t in range(count):
         if depth_frames is not None:
             raws.append(load_depth_map(depth_frames[t]))
             continue
-        cached = frames_dir / "depth" / f"{t:06d}.npy"
+        cached = frames_dir / "depth" / f"{t:06d}-{sources[t][:16]}.npy"
         if reuse and cached.exists():
             raws.append(np.load(cached))
             continue
@@ -263,35 +281,49 @@ def render_frames(
 
     # pass 2: the frames
     out_paths = [frames_dir / "out" / f"{t:06d}.png" for t in range(count)]
-    latent_paths = [frames_dir / "latents" / f"{t:06d}.npy" for t in range(count)]
     fusion = options.temporal == "fusion"
-    previous: torch.Tensor | None = None
+    previous: np.ndarray | None = None  # the previous output picture (fusion warps it to this frame)
     first_picture: np.ndarray | None = None
     rendered = skipped = 0
-    if not fusion and not options.color_coherence:  # independent frames: work items for the executor
+    manifest = frames_dir / MANIFEST_NAME
+    done = read_manifest(manifest) if resume else {}
+    chained = fusion or options.color_coherence  # a frame built on the previous (or first) output frame
+    keys: list[str] = []  # each frame's key: its settings, source, depth, range (and the previous key if chained)
+    for t in range(count):
+        keys.append(settings_hash({"settings": fingerprint, "source": sources[t], "depth": depth_sources[t],
+                                   "range": ranges[t], "previous": keys[-1] if chained and keys else ""}))
+
+    def finished(t: int) -> bool:
+        return resume and out_paths[t].exists() and done.get(str(t), {}).get("key") == keys[t]
+
+    def record(t: int) -> None:
+        append_record(manifest, {"item": str(t), "key": keys[t], "source": sources[t], "depth": depth_sources[t]})
+
+    if not chained:  # independent frames: work items for the executor
         from ..executors.base import WorkItem
         from ..executors.local import LocalExecutor
 
         executor = executor if executor is not None else LocalExecutor(lambda: pipe)
         items = []
         for t in range(count):
-            if reuse and out_paths[t].exists():
+            if finished(t):
                 skipped += 1
                 _report(on_frame, t, count, "skipped")
                 continue
             items.append(WorkItem(f"{t:06d}", frames[t] if frames is not None else None,
                                   request.replace(depth_map=raws[t]), frame_seed(base, t, options.temporal),
-                                  (out_paths[t],), ranges[t]))
-        for done in executor.run(items):
-            if done.status != "ok":
-                raise InvalidRequestError(f"frame {done.name}: {done.error}")
-            notes.extend(w.split(": ", 1)[1] for w in done.warnings if w.split(": ", 1)[1] not in notes)
+                                  (out_paths[t],), ranges[t], own_depth=depth_frames is not None))
+        for result in executor.run(items):
+            if result.status != "ok":
+                raise InvalidRequestError(f"frame {result.name}: {result.error}")
+            notes.extend(w.split(": ", 1)[1] for w in result.warnings if w.split(": ", 1)[1] not in notes)
+            record(int(result.name))
             rendered += 1
-            _report(on_frame, int(done.name), count, "rendered")
+            _report(on_frame, int(result.name), count, "rendered")
         return Rendered(out_paths, rendered, skipped, notes)
     for t in range(count):
-        if reuse and out_paths[t].exists() and (not fusion or latent_paths[t].exists()):
-            previous = torch.from_numpy(np.load(latent_paths[t])) if fusion else None
+        if finished(t):
+            previous = np.asarray(Image.open(out_paths[t]).convert("RGB")) if fusion else None
             skipped += 1
             _report(on_frame, t, count, "skipped")
             continue
@@ -300,17 +332,17 @@ def render_frames(
             fields["image"] = load_image(frames[t])
         plan = pipe.plan(request.replace(**fields))
         plan.depth_range = ranges[t]
+        plan.own_depth = depth_frames is not None
         if fusion and t > 0 and previous is not None:
             now, before = _flow_picture(view(t), raws[t]), _flow_picture(view(t - 1), raws[t - 1])
             to_previous, to_current = dis_flow(now, before), dis_flow(before, now)
-            target, mask = warp_latents(previous.to(pipe.device, pipe.dtype), to_previous, ~occlusion(to_previous, to_current))
+            target, mask = fusion_target(pipe, previous, to_previous, ~occlusion(to_previous, to_current), latent_size)
 
             def wrap(scheduler: Any, timesteps: Any, noise: Any, target: Any = target, mask: Any = mask) -> Any:
                 return LatentFusion(scheduler, target, noise, mask, timesteps, options.fusion_strength, options.fusion_end)
 
             plan.wrap_scheduler = wrap
-        final: dict[str, torch.Tensor] = {}
-        result = pipe.run(plan, callback=lambda info: final.__setitem__("latents", info.latents))
+        result = pipe.run(plan)
         notes.extend(w for w in result.warnings if w not in notes)
         picture = np.asarray(result.images[0].convert("RGB"))
         if options.color_coherence:
@@ -320,11 +352,9 @@ def render_frames(
                 if first_picture is None:
                     first_picture = np.asarray(Image.open(out_paths[0]).convert("RGB"))
                 picture = match_colors(picture, first_picture)
-        previous = final.get("latents")
-        if fusion and previous is not None:
-            with atomic_output(latent_paths[t]) as tmp, open(tmp, "wb") as handle:
-                np.save(handle, previous.float().cpu().numpy())
+        previous = picture if fusion else None
         save_image(Image.fromarray(picture), out_paths[t], infotext=result.infotexts[0])
+        record(t)
         rendered += 1
         _report(on_frame, t, count, "rendered")
     return Rendered(out_paths, rendered, skipped, notes)

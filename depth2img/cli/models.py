@@ -54,12 +54,15 @@ def models_command(
     hf_cache: Annotated[bool, typer.Option("--hf-cache/--no-hf-cache", help="Also list diffusers models in the Hugging Face cache.")] = True,
 ) -> None:
     """List models: name, kind (depth/img2img), layout, size, yaml, and optionally the short hash; then the
-    ControlNets (A1111 models/ControlNet, ComfyUI models/controlnet) as "name [hash]", A1111's old short hash."""
+    ControlNets (A1111 models/ControlNet, ComfyUI models/controlnet) as "name [hash]", A1111's old short hash;
+    then LoRAs and embeddings (A1111's models/Lora and embeddings/, ComfyUI's models/loras and
+    models/embeddings); --hash adds A1111's short hashes."""
     from rich.console import Console
     from rich.table import Table
 
     from ..errors import ModelLoadError
     from ..models.catalog import list_controlnets, list_models, short_hash
+    from ..models.networks import list_networks
 
     cache_dir = hf_dir = None
     if hf_cache or with_hash:
@@ -71,7 +74,8 @@ def models_command(
         raise ModelLoadError(f"no models folder at {root}")
     entries = list_models(root, hf_cache=hf_dir)
     controlnets = list_controlnets(root)
-    if not entries and not controlnets:
+    extra = list_networks(root)
+    if not entries and not controlnets and not extra:
         say(f"no models found under {root}")
         return
     table = Table(box=None, pad_edge=False)
@@ -83,9 +87,15 @@ def models_command(
         if with_hash:
             row.append(short_hash(m.path, cache_dir) if m.layout == "checkpoint" else "")
         table.add_row(*row)
-    if readable:
+    for n in extra:  # LoRAs and embeddings: the folder they are in is their layout
+        if n.problem is None:
+            row = [n.name, n.kind, n.path.parent.name, f"{n.size / 2**20:.1f} MB", ""]
+            if with_hash:
+                row.append(n.short_hash(cache_dir))
+            table.add_row(*row)
+    if readable or any(n.problem is None for n in extra):
         Console(soft_wrap=True).print(table)
-    unreadable = [m for m in entries if m.problem]
+    unreadable = [m for m in entries if m.problem] + [n for n in extra if n.problem]
     if unreadable:
         say(f"{len(unreadable)} unreadable file(s), not models:")
         for m in unreadable:

@@ -35,7 +35,7 @@ def video(
     stride: Annotated[int, typer.Option("--stride", help="Use every K-th frame (the output rate is divided by K).", min=1)] = 1,
     fps: Annotated[Optional[float], typer.Option("--fps", help="Frame rate of a frames folder (default 24).")] = None,
     depth_dir: Annotated[Optional[Path], typer.Option("--depth-dir", help="Own depth maps, one per frame, in name order.")] = None,
-    temporal: Annotated[str, typer.Option("--temporal", help="none (new noise per frame), fixed-noise, or fusion (fixed noise + the previous frame's flow-warped latents).")] = "fusion",
+    temporal: Annotated[str, typer.Option("--temporal", help="none (new noise per frame), fixed-noise, or fusion (fixed noise + the previous output frame, flow-warped and encoded, blended into the latents).")] = "fusion",
     depth_norm: Annotated[str, typer.Option("--depth-norm", help="frame (per-frame min-max), clip (one range for the clip) or ema (running range).")] = "clip",
     fusion_strength: Annotated[float, typer.Option("--fusion-strength", help="How strongly fusion pulls towards the warped previous frame, 0..1.")] = 0.8,
     color_coherence: Annotated[bool, typer.Option("--color-coherence", help="Match each frame's colours to the first (LAB histograms).")] = False,

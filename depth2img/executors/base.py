@@ -26,6 +26,7 @@ class WorkItem:
     seed: int
     outputs: tuple[Path, ...]  # one path per picture (batch_size pictures, seeds seed + i)
     depth_range: tuple[float, float] | None = None  # video: the clip-level depth range (Plan.depth_range)
+    own_depth: bool | None = None  # video: whether the depth map was the user's (Plan.own_depth; None: given = own)
 
 
 @dataclass

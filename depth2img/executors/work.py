@@ -40,12 +40,11 @@ def _generate(get_pipe: Callable[[], Any], item: WorkItem) -> list[str]:
         changes["mask"] = open_image(item.request.mask, what="mask")
     request = item.request.replace(**changes)
     pipe = get_pipe()
-    if item.depth_range is None:
-        result = pipe.generate(request)
-    else:
-        plan = pipe.plan(request)
+    plan = pipe.plan(request)
+    if item.depth_range is not None:
         plan.depth_range = item.depth_range
-        result = pipe.run(plan)
+    plan.own_depth = item.own_depth
+    result = pipe.run(plan)
     warnings = [f"{item.name}: {w}" for w in result.warnings]
     for picture, infotext, target in zip(result.images, result.infotexts, item.outputs):
         _, problem = save_or_fall_back(lambda p, pic=picture, info=infotext: save_image(pic, p, infotext=info), Path(target))

@@ -51,13 +51,35 @@ class Embedding:
 
 def read_vectors(path: str | Path) -> torch.Tensor:
     """The ``(n, D)`` vectors of one embedding file, whatever of the known formats it is in."""
+    path = Path(path)
+    return _vectors(_read(path), path)
+
+
+def read_info(path: str | Path) -> dict[str, Any]:
+    """A1111's ``EmbeddingItem`` of a file: ``step``, ``sd_checkpoint``, ``sd_checkpoint_name`` (from an
+    A1111-format file, else None), ``shape`` (the width) and ``vectors`` (how many)."""
+    path = Path(path)
+    data = _read(path)
+    vectors = _vectors(data, path)
+
+    def meta(key: str, kind: type) -> Any:
+        value = data.get(key)
+        return value if isinstance(value, kind) and not isinstance(value, bool) else None
+
+    return {"step": meta("step", int), "sd_checkpoint": meta("sd_checkpoint", str),
+            "sd_checkpoint_name": meta("sd_checkpoint_name", str), "shape": int(vectors.shape[1]),
+            "vectors": int(vectors.shape[0])}
+
+
+def _read(path: Path) -> Any:
     from ..models.safe_load import load_pickle_checkpoint, load_safetensors
 
-    path = Path(path)
     if path.suffix.lower() == ".safetensors":
-        data: Any = load_safetensors(path)
-    else:  # weights-only unpickling; A1111's dict holds strings and ints next to the tensors
-        data = load_pickle_checkpoint(path)
+        return load_safetensors(path)
+    return load_pickle_checkpoint(path)  # weights-only unpickling; A1111's dict holds strings and ints too
+
+
+def _vectors(data: Any, path: Path) -> torch.Tensor:
     if not isinstance(data, dict):
         raise ModelLoadError(f"{path.name}: not a textual-inversion embedding (a {type(data).__name__})")
     if "string_to_param" in data:

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp
 
 from .. import __version__
 from ..errors import Depth2ImgError
-from . import controlnet_api, native, sdapi
+from . import controlnet_api, extra_networks, native, sdapi
 from .auth import BasicAuthMiddleware
 from .errors import QueueFullError, status_for
 from .jobs import JobStore
@@ -71,6 +71,7 @@ def create_app(settings: Settings) -> ASGIApp:
     app.include_router(native.router)
     app.include_router(sdapi.router)
     app.include_router(controlnet_api.router)
+    app.include_router(extra_networks.router)
 
     @app.exception_handler(Depth2ImgError)
     async def typed_error(request: Request, error: Depth2ImgError):

@@ -32,17 +32,25 @@ def serve(
     max_body_mb: Annotated[float, typer.Option(help="Largest request body in MB, refused before it is read.")] = 64.0,
     cors_origin: Annotated[Optional[list[str]], typer.Option(
         "--cors-origin", help="Allow browser pages from this origin (repeatable); closed by default.")] = None,
+    styles_file: Annotated[Optional[Path], typer.Option(
+        "--styles-file", help="A1111 styles.csv (name, prompt, negative_prompt) for a request's styles.")] = None,
+    embeddings_dir: Annotated[Optional[Path], typer.Option(
+        "--embeddings-dir", help="Folder of textual-inversion embeddings, used in a prompt by file name.")] = None,
+    lora_dir: Annotated[Optional[Path], typer.Option(
+        "--lora-dir", help="Folder of LoRA files for <lora:NAME:WEIGHT> in a prompt and a request's loras.")] = None,
 ) -> None:
     """Serve the web UI (/), the native API (/api/v1, docs at /docs) and the AUTOMATIC1111-compatible API (/sdapi/v1)."""
     settings = build_settings(host=host, port=port, models_dir=models_dir, model=model, device=device, dtype=dtype,
                               auth=auth, auth_file=auth_file, queue_size=queue_size, job_timeout=job_timeout,
-                              outputs=outputs, max_pixels=max_pixels, max_body_mb=max_body_mb, cors_origin=cors_origin)
+                              outputs=outputs, max_pixels=max_pixels, max_body_mb=max_body_mb, cors_origin=cors_origin,
+                              styles_file=styles_file, embeddings_dir=embeddings_dir, lora_dir=lora_dir)
     run(settings)
 
 
 def build_settings(*, host: str, port: int, models_dir: list[Path] | None, model: str | None, device: str, dtype: str,
                    auth: str | None, auth_file: Path | None, queue_size: int, job_timeout: float, outputs: Path,
-                   max_pixels: int, max_body_mb: float, cors_origin: list[str] | None) -> Settings:
+                   max_pixels: int, max_body_mb: float, cors_origin: list[str] | None, styles_file: Path | None = None,
+                   embeddings_dir: Path | None = None, lora_dir: Path | None = None) -> Settings:
     """Settings from the options; every mistake is an InvalidRequestError naming the option."""
     from ..devices import parse_device, parse_dtype
 
@@ -63,7 +71,10 @@ def build_settings(*, host: str, port: int, models_dir: list[Path] | None, model
     settings = Settings(host=host, port=port, models_dirs=tuple(p.expanduser() for p in models_dir or ()), model=model,
                         device=device, dtype=dtype, auth=credentials, queue_size=queue_size, job_timeout=job_timeout,
                         outputs=outputs.expanduser(), max_pixels=max_pixels, max_body_mb=max_body_mb,
-                        cors_origins=tuple(cors_origin or ()))
+                        cors_origins=tuple(cors_origin or ()),
+                        styles_file=styles_file.expanduser() if styles_file else None,
+                        embeddings_dir=embeddings_dir.expanduser() if embeddings_dir else None,
+                        lora_dir=lora_dir.expanduser() if lora_dir else None)
     return settings.check()
 
 

@@ -21,6 +21,7 @@ from ..models.catalog import ControlNetEntry, ModelEntry, list_controlnets, list
 from ..models.controlnet import TINY_BASES, TINY_CONTROLNETS
 from ..models.tiny import TINY_NAMES
 from ..pipeline import Pipeline, load_pipeline
+from .extras import PromptExtras
 from .settings import Settings
 
 log = logging.getLogger("depth2img.server")
@@ -38,6 +39,7 @@ class Registry:
         self.controlnets: dict[str, ControlNetEntry] = {}  # by name (file stem / folder / built-in)
         self._pipe: Pipeline | None = None
         self._key: tuple[str, str | None, str | None] | None = None  # (model, depth model, ControlNet)
+        self.extras = PromptExtras(settings)  # styles, embeddings, LoRAs: attached to every pipeline loaded
         self.refresh()
         self.default = self.resolve(settings.model) if settings.model else next(iter(self.entries), TINY_NAMES[0])
 
@@ -103,6 +105,7 @@ class Registry:
             cn_path = str(self.controlnets[controlnet].path) if controlnet else None
             self._pipe = load_pipeline(str(entry.path), device=self.settings.device, dtype=self.settings.dtype,
                                        depth_model=depth_path, cache_dir=self.settings.cache_dir, controlnet=cn_path)
+            self.extras.attach(self._pipe)
             self._key = key
             return self._pipe
 

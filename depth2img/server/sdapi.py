@@ -13,7 +13,11 @@ Where we follow A1111 and where we cannot:
 - ``n_iter`` batches run as one batch of ``batch_size * n_iter`` images; the seeds are A1111's
   ``all_seeds`` (seed + i) either way. There are no variation seeds: ``subseed_strength`` is ignored and
   ``all_subseeds`` reports the seeds.
-- Unknown fields (restore_faces, tiling, styles, s_churn, ...) are accepted and ignored, as a real client
+- ``styles`` names saved styles of ``--styles-file``; an unknown one is a 422 (A1111 skips it silently, so the
+  picture would lack what the client asked for); ``<lora:...>`` tags and
+  embedding names in the prompt use ``--lora-dir`` / ``--embeddings-dir`` (server/extras.py; the listings
+  ``/prompt-styles``, ``/loras``, ``/embeddings`` are in server/extra_networks.py).
+- Unknown fields (restore_faces, tiling, s_churn, ...) are accepted and ignored, as a real client
   sends them; an unknown always-on script is 422 "always on script ... not found", as A1111.
 - Sampler names are A1111's (v1.9+ ``sampler_name`` + ``scheduler``); pre-1.9 combined names such as
   "DPM++ 2M Karras" are accepted too (A1111 1.9+ answers 404 for them, mix1009/sdwebuiapi#164).
@@ -77,6 +81,7 @@ class Txt2ImgRequest(BaseModel):
     width: int = 512
     height: int = 512
     eta: Optional[float] = None
+    styles: Optional[list[str]] = None
     override_settings: Optional[dict[str, Any]] = None
     send_images: bool = True
     save_images: bool = False
@@ -145,6 +150,8 @@ def translate(body: Txt2ImgRequest, svc: Services
     fields: dict[str, Any] = {ours: raw[theirs] for theirs, ours in DIRECT.items() if raw.get(theirs) is not None}
     fields["batch_size"] = body.batch_size * body.n_iter
     fields["scheduler"] = scheduler_name(body.sampler_name or body.sampler_index, body.scheduler)
+    if body.styles:
+        fields["styles"] = list(body.styles)
     inputs: dict[str, bytes] = {}
     if isinstance(body, Img2ImgRequest):
         if not body.init_images:
@@ -285,7 +292,7 @@ def _info(svc: Services, body: Txt2ImgRequest, job: Job, fields: dict[str, Any])
         "sd_model_name": job.model, "sd_model_hash": svc.registry.model_hash(job.model),
         "sd_vae_name": None, "sd_vae_hash": None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
         "denoising_strength": body.denoising_strength if isinstance(body, Img2ImgRequest) else 1.0,
-        "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": job.infotexts, "styles": [],
+        "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": job.infotexts, "styles": body.styles or [],
         "job_timestamp": datetime.fromtimestamp(job.started or job.created).strftime("%Y%m%d%H%M%S"),
         "clip_skip": 1, "is_using_inpainting_conditioning": False, "version": f"depth2img {__version__}",
         "warnings": job.warnings, "job_id": job.id,

@@ -52,6 +52,7 @@ class Services:
             request = GenerationRequest(**{**fields, "depth_clip": tuple(fields.get("depth_clip", DEFAULTS["depth_clip"]))},
                                         **inputs)
             request.validate()
+            self.registry.extras.check(fields)
             seeds = resolve_seeds(request.seed, request.batch_size)
         job = Job(id=new_id(), kind=kind, state="queued", model=model_id, depth_model=depth_id, request=fields,
                   inputs=[], created=time.time(), seeds=seeds, source=source, controlnet=controlnet)

@@ -36,6 +36,10 @@ class Settings:
     preview_every: int = 0  # SSE/progress preview every k steps (0: off unless a client asks)
     shutdown_grace: float = 30.0  # seconds the running job may take to finish on shutdown
     retry_after: int = 5  # seconds suggested to a client that got 429
+    # A1111's prompt extras (server/extras.py), as generate's --styles-file, --embeddings-dir, --lora-dir
+    styles_file: Path | None = None
+    embeddings_dir: Path | None = None
+    lora_dir: Path | None = None
 
     @property
     def max_body_bytes(self) -> int:
@@ -60,6 +64,11 @@ class Settings:
         for user, password in self.auth:
             if not user or not password or ":" in user:
                 raise InvalidRequestError("each credential must be USER:PASS with a non-empty user (no ':') and password")
+        for option, folder in (("--embeddings-dir", self.embeddings_dir), ("--lora-dir", self.lora_dir)):
+            if folder is not None and not folder.is_dir():
+                raise InvalidRequestError(f"{option}: folder not found: {folder}")
+        if self.styles_file is not None and not self.styles_file.is_file():
+            raise InvalidRequestError(f"--styles-file: file not found: {self.styles_file}")
         return self
 
 

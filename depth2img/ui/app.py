@@ -82,6 +82,8 @@ def remember(blocks: gr.Blocks, tabs: list[Any]) -> None:
         for name, c in tab.by_name.items():
             if PARAMS[name].kind == "choice":
                 choices[c.elem_id] = PARAMS[name].choices
+            elif PARAMS[name].kind == "names":  # a saved style no longer on offer: not restored
+                choices[c.elem_id] = [value for _, value in c.choices]
     stored = gr.BrowserState({}, storage_key="depth2img-settings")
 
     def save(*values):
@@ -89,8 +91,11 @@ def remember(blocks: gr.Blocks, tabs: list[Any]) -> None:
 
     def restore(saved):
         saved = saved if isinstance(saved, dict) else {}
-        return [gr.update(value=saved[k]) if k in saved and (k not in choices or saved[k] in choices[k])
-                else gr.update() for k in keys]
+        def offered(k):
+            values = saved[k] if isinstance(saved[k], list) else [saved[k]]
+            return k not in choices or all(v in choices[k] for v in values)
+
+        return [gr.update(value=saved[k]) if k in saved and offered(k) else gr.update() for k in keys]
 
     gr.on([c.change for c in comps], save, comps, stored, queue=False, show_progress="hidden")
     blocks.load(restore, stored, comps, queue=False, show_progress="hidden")

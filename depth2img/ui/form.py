@@ -66,6 +66,8 @@ def component(name: str, prefix: str, **overrides: Any) -> Any:
                            value="" if default is None else default, **common)
     if kind == "bool":
         return gr.Checkbox(value=default, **common)
+    if kind == "names":  # the names on offer are the server's (e.g. its styles): the caller passes choices=
+        return gr.Dropdown(**{"choices": [], "value": list(default), "multiselect": True, **common})
     raise ValueError(f"no single component for {name} ({kind})")
 
 
@@ -104,5 +106,7 @@ def to_fields(names: list[str], values: list[Any]) -> dict[str, Any]:
             value = bool(value)
         elif spec.kind == "text":
             value = value or ""
+        elif spec.kind == "names":
+            value = [str(v) for v in value or ()]
         out[name] = value
     return out

@@ -60,6 +60,7 @@ def build_tab(svc: Services, prefix: str, top: dict[str, Any], *, inpaint: bool 
         with gr.Column(scale=3):
             add("prompt", lines=2, placeholder="Prompt (Ctrl+Enter to generate)", info=None)
             add("negative_prompt", lines=1, info=None)
+            add("styles", label="Styles", choices=style_names(svc))  # the server's --styles-file
         with gr.Column(scale=1, min_width=160):
             generate = gr.Button("Generate", variant="primary", elem_id=f"{prefix}-generate")
             with gr.Row():
@@ -187,6 +188,11 @@ def build_tab(svc: Services, prefix: str, top: dict[str, Any], *, inpaint: bool 
     reuse.click(lambda s, cur: cur if s is None else s, [last_seed, seed], seed, queue=False)
     from_image.click(_size_of, image, [width, height], queue=False)
     return tab
+
+
+def style_names(svc: Services) -> list[str]:
+    """The saved styles the server offers (``serve --styles-file``), in the file's order."""
+    return list(svc.registry.extras.styles or {})
 
 
 def _msg(text: str, error: bool = False) -> str:
