@@ -40,11 +40,13 @@ def _generate(get_pipe: Callable[[], Any], item: WorkItem) -> list[str]:
         changes["mask"] = open_image(item.request.mask, what="mask")
     request = item.request.replace(**changes)
     pipe = get_pipe()
-    plan = pipe.plan(request)
-    if item.depth_range is not None:
+    if item.depth_range is None and item.own_depth is None:
+        result = pipe.generate(request)
+    else:  # a video frame: the clip's depth range and whether its map was the user's ride on the plan
+        plan = pipe.plan(request)
         plan.depth_range = item.depth_range
-    plan.own_depth = item.own_depth
-    result = pipe.run(plan)
+        plan.own_depth = item.own_depth
+        result = pipe.run(plan)
     warnings = [f"{item.name}: {w}" for w in result.warnings]
     for picture, infotext, target in zip(result.images, result.infotexts, item.outputs):
         _, problem = save_or_fall_back(lambda p, pic=picture, info=infotext: save_image(pic, p, infotext=info), Path(target))
