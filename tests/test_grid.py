@@ -138,3 +138,29 @@ def test_cli_depth_sheet(cat, tmp_path):
         assert corr(gray[..., 0], expected) > 0.99
         with Image.open(tmp_path / "d.png") as single:
             assert corr(np.asarray(single), expected) > 0.99
+
+
+def test_cli_sweep_mixes_sd2_depth_controlnet_and_img2img_rows(cat, tmp_path):
+    """Issue 12: one grid with an SD2-depth row, an SD 1.5 + ControlNet row and a plain img2img row; each row's
+    cell equals that model's own generate() on the same request (the library called directly)."""
+    out = tmp_path / "mixed.png"
+    settings = ["--prompt", "x", "--steps", "3", "--seed", "4", "--scheduler", "ddim"]
+    result = run_cli("sweep", "--image", str(cat), *settings, "--strengths", "1.0", "--model", "tiny",
+                     "--compare-model", "tiny-sd15,controlnet=tiny-controlnet", "--compare-model", "tiny-img2img",
+                     "--out", str(out))
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as sheet:
+        a = np.asarray(sheet.convert("RGB")).astype(int)
+    w, h = 48, 32
+    cells = a[-3 * h:, -3 * w:]  # 3 rows x (input, depth map, strength 1.0)
+    request = GenerationRequest(prompt="x", image=photo("chelsea", (48, 32)), steps=3, seed=4, scheduler="ddim", strength=1.0)
+    rows = [load_pipeline("tiny"), load_pipeline("tiny-sd15", controlnet="tiny-controlnet"), load_pipeline("tiny-img2img")]
+    for r, pipe in enumerate(rows):
+        expected = np.asarray(pipe.generate(request).images[0]).astype(int)
+        assert np.abs(cells[r * h:(r + 1) * h, 2 * w:] - expected).max() <= 1, r
+    controlnet_depth = cells[h:2 * h, w:2 * w]
+    assert controlnet_depth.std() > 5  # the control image the ControlNet saw, not the "n/a" cell
+    assert tuple(cells[2 * h + 2, w + 2]) == (224, 224, 224)  # plain img2img has no depth map
+    bad = run_cli("sweep", "--image", str(cat), *settings, "--model", "tiny", "--compare-model", "tiny-sd15,cn=x",
+                  "--out", str(out))
+    assert bad.exit_code == 2 and "expected MODEL or MODEL,controlnet=CONTROLNET" in bad.output
