@@ -9,7 +9,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..executors.options import ExecutorOpt, GpusPerWorkerOpt, RayAddressOpt, WorkersOpt
 from ..errors import InvalidRequestError
+from ..executors.base import ExecutorOptions
 from .settings import Settings, parse_credentials
 
 
@@ -32,17 +34,23 @@ def serve(
     max_body_mb: Annotated[float, typer.Option(help="Largest request body in MB, refused before it is read.")] = 64.0,
     cors_origin: Annotated[Optional[list[str]], typer.Option(
         "--cors-origin", help="Allow browser pages from this origin (repeatable); closed by default.")] = None,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = None,
+    gpus_per_worker: GpusPerWorkerOpt = 0.0,
 ) -> None:
     """Serve the web UI (/), the native API (/api/v1, docs at /docs) and the AUTOMATIC1111-compatible API (/sdapi/v1)."""
     settings = build_settings(host=host, port=port, models_dir=models_dir, model=model, device=device, dtype=dtype,
                               auth=auth, auth_file=auth_file, queue_size=queue_size, job_timeout=job_timeout,
-                              outputs=outputs, max_pixels=max_pixels, max_body_mb=max_body_mb, cors_origin=cors_origin)
+                              outputs=outputs, max_pixels=max_pixels, max_body_mb=max_body_mb, cors_origin=cors_origin,
+                              executor=ExecutorOptions(executor, ray_address, workers, gpus_per_worker))
     run(settings)
 
 
 def build_settings(*, host: str, port: int, models_dir: list[Path] | None, model: str | None, device: str, dtype: str,
                    auth: str | None, auth_file: Path | None, queue_size: int, job_timeout: float, outputs: Path,
-                   max_pixels: int, max_body_mb: float, cors_origin: list[str] | None) -> Settings:
+                   max_pixels: int, max_body_mb: float, cors_origin: list[str] | None,
+                   executor: ExecutorOptions = ExecutorOptions()) -> Settings:
     """Settings from the options; every mistake is an InvalidRequestError naming the option."""
     from ..devices import parse_device, parse_dtype
 
@@ -63,7 +71,7 @@ def build_settings(*, host: str, port: int, models_dir: list[Path] | None, model
     settings = Settings(host=host, port=port, models_dirs=tuple(p.expanduser() for p in models_dir or ()), model=model,
                         device=device, dtype=dtype, auth=credentials, queue_size=queue_size, job_timeout=job_timeout,
                         outputs=outputs.expanduser(), max_pixels=max_pixels, max_body_mb=max_body_mb,
-                        cors_origins=tuple(cors_origin or ()))
+                        cors_origins=tuple(cors_origin or ()), executor=executor)
     return settings.check()
 
 
