@@ -234,6 +234,9 @@ class RayWorker:
                 free.append(index)
                 self._record(job_id, outcome)
             self._poll(ray, busy, forwarded)
+        for job_id in waiting:  # retries of dead workers' jobs (rows "running"); first tries stay queued for the next start
+            if job_id in self.running:
+                self._end(job_id, "failed", "the server shut down while this job waited for another Ray worker", 503)
 
     def _dispatch(self, job_id: str, actor: Any) -> Any:
         """Send ``job_id`` to ``actor``; None when it did not start (cancelled meanwhile, bad model id)."""
@@ -274,6 +277,8 @@ class RayWorker:
             if progress.cancel is not None and job_id not in forwarded:
                 self.actors[index].stop.remote(job_id, progress.cancel)
                 forwarded.add(job_id)
+        if not polls:
+            return
         ready, _ = ray.wait(list(polls), num_returns=len(polls), timeout=POLL)
         for ref in ready:
             try:
