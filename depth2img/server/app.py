@@ -44,6 +44,10 @@ def error_response(request: Request, status: int, message: str, kind: str, heade
 def build_services(settings: Settings) -> Services:
     store = JobStore(settings.outputs)
     registry = Registry(settings)
+    if settings.executor.executor == "ray":  # N Ray actors drain the queue; this process keeps store and API
+        from .remote import RayWorker
+
+        return Services(settings, store, registry, RayWorker(settings, store, registry))  # type: ignore[arg-type]
     return Services(settings, store, registry, Worker(settings, store, registry))
 
 

@@ -9,7 +9,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..executors.options import ExecutorOpt, GpusPerWorkerOpt, RayAddressOpt, WorkersOpt
 from ..errors import InvalidRequestError
+from ..executors.base import ExecutorOptions
 from .settings import Settings, parse_credentials
 
 
@@ -38,19 +40,25 @@ def serve(
         "--embeddings-dir", help="Folder of textual-inversion embeddings, used in a prompt by file name.")] = None,
     lora_dir: Annotated[Optional[Path], typer.Option(
         "--lora-dir", help="Folder of LoRA files for <lora:NAME:WEIGHT> in a prompt and a request's loras.")] = None,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = None,
+    gpus_per_worker: GpusPerWorkerOpt = 0.0,
 ) -> None:
     """Serve the web UI (/), the native API (/api/v1, docs at /docs) and the AUTOMATIC1111-compatible API (/sdapi/v1)."""
     settings = build_settings(host=host, port=port, models_dir=models_dir, model=model, device=device, dtype=dtype,
                               auth=auth, auth_file=auth_file, queue_size=queue_size, job_timeout=job_timeout,
                               outputs=outputs, max_pixels=max_pixels, max_body_mb=max_body_mb, cors_origin=cors_origin,
-                              styles_file=styles_file, embeddings_dir=embeddings_dir, lora_dir=lora_dir)
+                              styles_file=styles_file, embeddings_dir=embeddings_dir, lora_dir=lora_dir,
+                              executor=ExecutorOptions(executor, ray_address, workers, gpus_per_worker))
     run(settings)
 
 
 def build_settings(*, host: str, port: int, models_dir: list[Path] | None, model: str | None, device: str, dtype: str,
                    auth: str | None, auth_file: Path | None, queue_size: int, job_timeout: float, outputs: Path,
                    max_pixels: int, max_body_mb: float, cors_origin: list[str] | None, styles_file: Path | None = None,
-                   embeddings_dir: Path | None = None, lora_dir: Path | None = None) -> Settings:
+                   embeddings_dir: Path | None = None, lora_dir: Path | None = None,
+                   executor: ExecutorOptions = ExecutorOptions()) -> Settings:
     """Settings from the options; every mistake is an InvalidRequestError naming the option."""
     from ..devices import parse_device, parse_dtype
 
@@ -74,7 +82,8 @@ def build_settings(*, host: str, port: int, models_dir: list[Path] | None, model
                         cors_origins=tuple(cors_origin or ()),
                         styles_file=styles_file.expanduser() if styles_file else None,
                         embeddings_dir=embeddings_dir.expanduser() if embeddings_dir else None,
-                        lora_dir=lora_dir.expanduser() if lora_dir else None)
+                        lora_dir=lora_dir.expanduser() if lora_dir else None,
+                        executor=executor)
     return settings.check()
 
 

@@ -56,8 +56,8 @@ def status(svc: Services, job: Job) -> JobStatus:
                     depth=f"{base}/depth" if job.state == "done" and job.has_depth else None)
     if job.state == "queued":
         out.position = svc.store.position(job)
-    current = svc.worker.current
-    if job.state == "running" and current is not None and current.job_id == job.id:
+    current = svc.worker.progress_of(job.id)
+    if job.state == "running" and current is not None:
         out.step, out.total, out.eta = current.step, current.total, current.eta
     return out
 
@@ -163,8 +163,8 @@ def cancel_job(job_id: str, request: Request) -> JobStatus:
     svc = services(request)
     job = _job(svc, job_id)
     if job.state not in FINAL and svc.worker.cancel(job.id):
-        current = svc.worker.current
-        if current is not None and current.job_id == job.id:
+        current = svc.worker.progress_of(job.id)
+        if current is not None:
             current.stopped.wait(timeout=30)
     return status(svc, _job(svc, job_id))
 
@@ -215,12 +215,12 @@ async def job_events(job_id: str, request: Request, preview: int = Query(0, ge=0
             if job.state in FINAL:
                 yield _event(job.state, status(svc, job).model_dump())
                 return
-            current = svc.worker.current
+            current = svc.worker.progress_of(job_id)
             if job.state == "queued":
                 key: tuple = ("queued", svc.store.position(job))
                 if key != last:
                     yield _event("queued", {"position": key[1]})
-            elif current is not None and current.job_id == job_id:
+            elif current is not None:
                 key = ("running", current.step)
                 if key != last:
                     yield _event("progress", {"step": current.step, "total": current.total, "eta": current.eta})

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidRequestError
+from ..executors.base import ExecutorOptions
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -40,6 +41,7 @@ class Settings:
     styles_file: Path | None = None
     embeddings_dir: Path | None = None
     lora_dir: Path | None = None
+    executor: ExecutorOptions = ExecutorOptions()  # local: the worker thread runs jobs; ray: remote actors (remote.py)
 
     @property
     def max_body_bytes(self) -> int:
@@ -61,6 +63,7 @@ class Settings:
                                  ("--max-pixels", self.max_pixels, 64), ("--max-body-mb", self.max_body_mb, 0.001)):
             if not value >= low:
                 raise InvalidRequestError(f"{name} must be at least {low:g}, got {value:g}")
+        self.executor.check()
         for user, password in self.auth:
             if not user or not password or ":" in user:
                 raise InvalidRequestError("each credential must be USER:PASS with a non-empty user (no ':') and password")

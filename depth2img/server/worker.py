@@ -118,6 +118,11 @@ class Worker:
             current.cancel = "the server shut down while this job was running"
         self._thread.join()
 
+    def progress_of(self, job_id: str) -> Progress | None:
+        """The running job ``job_id``'s progress, or None (queued, finished, unknown)."""
+        current = self.current
+        return current if current is not None and current.job_id == job_id else None
+
     @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()

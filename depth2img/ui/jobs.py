@@ -52,7 +52,7 @@ def follow(svc: Services, job: Job, poll: float = 0.05) -> Iterator[Tick]:
                 finished = True
                 yield Tick(current)
                 return
-            progress = svc.worker.current
+            progress = svc.worker.progress_of(job.id)
             if current.state == "queued":
                 key: tuple = ("queued", svc.store.position(current))
                 tick = Tick(current, position=key[1])
