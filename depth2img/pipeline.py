@@ -396,9 +396,18 @@ class Pipeline:
         else:
             assert image is not None  # check_inputs: depth only needs a depth map
             key = depth_key(image, self.depth_estimator, self.feature_extractor)
+            # A ControlNet's estimate runs at processor_res (or pixel perfect) and is resized to the output
+            # below; SD2-depth keeps the estimator's own preprocessing (resolution None), as diffusers.
+            resolution = None
+            if self.backend.depth_at_pixels and request is not None:
+                from .backends.controlnet import estimator_resolution
+
+                resolution = estimator_resolution(request, (image.height, image.width), latent_size)
+                key = (*key, resolution)
+
             def compute() -> torch.Tensor:
                 with on_device(self, self.depth_estimator, depth_device(self.device)):
-                    return estimate_depth(self.depth_estimator, self.feature_extractor, image)
+                    return estimate_depth(self.depth_estimator, self.feature_extractor, image, resolution)
 
             raw = self.depth_cache.get_or_compute(key, compute)
             raw, source = raw.clone(), "estimated"  # (1, h, w); a copy, so no caller can change the cached one
