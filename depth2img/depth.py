@@ -6,6 +6,9 @@ estimators output relative inverse depth (disparity-like).
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -39,18 +42,78 @@ class DepthMaps:
 
 
 @torch.no_grad()
-def estimate_depth(estimator: Any, feature_extractor: Any, image: Image.Image) -> torch.Tensor:
+def estimate_depth(estimator: Any, feature_extractor: Any, image: Image.Image, resolution: int | None = None) -> torch.Tensor:
     """(1, h, w) float32 relative inverse depth of one RGB image, as diffusers' ``prepare_depth_map``.
 
     The processor sees the image at its own size (diffusers feeds the raw, un-cropped image). The
     input is cast to the estimator's own device and dtype: depth2img keeps the estimator in float32
     (DPT-Hybrid's BatchNorm), which avoids diffusers #8233 / A1111's "MPSFloatType vs MPSHalfType".
     No OpenCV anywhere, so no "src data type = 23" (float16) failure.
+    ``resolution`` (a ControlNet's processor_res): the estimator runs at that short side instead
+    (:func:`_estimate_at`); None (SD2-depth) is the path above, unchanged.
     """
     param = next(estimator.parameters())
+    if resolution is not None:
+        return _estimate_at(estimator, feature_extractor, image, resolution, param)
     pixel_values = feature_extractor(images=[image], return_tensors="pt").pixel_values
     pixel_values = pixel_values.to(device=param.device, dtype=param.dtype)  # (1, 3, h_in, w_in)
     return estimator(pixel_values).predicted_depth.float().cpu()  # (1, h, w)
+
+
+PROCESSOR_MULTIPLE = 64  # sd-webui-controlnet's resize_image_with_pad pads the preprocessor input to a multiple of 64
+
+
+def processor_size(width: int, height: int, resolution: int) -> tuple[int, int, int, int]:
+    """``(w, h, w_pad, h_pad)``: the image resized so its short side is ``resolution`` (aspect kept), and
+    that size padded up to a multiple of 64, as sd-webui-controlnet's ``resize_image_with_pad`` does
+    before a preprocessor such as depth_midas runs."""
+    k = float(resolution) / float(min(width, height))
+    w, h = int(round(width * k)), int(round(height * k))
+    pad = lambda side: -(-side // PROCESSOR_MULTIPLE) * PROCESSOR_MULTIPLE  # noqa: E731
+    return w, h, pad(w), pad(h)
+
+
+@contextmanager
+def _any_size(estimator: Any) -> Iterator[None]:
+    """Let DPT-Hybrid (SD2-depth's estimator) take another input size than its config's image_size.
+
+    Gap filled: transformers' ``DPTViTHybridEmbeddings`` refuses any other size unless called with
+    ``interpolate_pos_encoding=True``, which ``DPTModel`` never passes, though it always resizes its
+    position embeddings to the input's grid anyway. A forward pre-hook adds the flag for this call only
+    (at the config's own size it changes nothing); other estimators are left as they are."""
+    embeddings = getattr(getattr(estimator, "dpt", None), "embeddings", None)
+    hook = None
+    if embeddings is not None and "interpolate_pos_encoding" in inspect.signature(embeddings.forward).parameters:
+        hook = embeddings.register_forward_pre_hook(
+            lambda module, args, kwargs: (args, {**kwargs, "interpolate_pos_encoding": True}), with_kwargs=True)
+    try:
+        yield
+    finally:
+        if hook is not None:
+            hook.remove()
+
+
+def _estimate_at(estimator: Any, feature_extractor: Any, image: Image.Image, resolution: int, param: Any) -> torch.Tensor:
+    """The estimate at ``resolution`` (short side), as sd-webui-controlnet's preprocessors run: resized
+    (bicubic up, box/area down, as its cv2 INTER_CUBIC / INTER_AREA), edge-padded to a multiple of 64, the
+    pad cropped off the prediction. The processor gets that exact size (its own resize a no-op)."""
+    w, h, w_pad, h_pad = processor_size(image.width, image.height, resolution)
+    if getattr(getattr(estimator, "config", None), "is_hybrid", False):
+        # transformers' DPT-Hybrid (SD2-depth's estimator) folds its tokens into a square grid, so it takes
+        # square inputs only: the image is squashed to resolution x resolution, as diffusers' DPT
+        # preprocessing squashes it to 384 x 384 (keep_aspect_ratio False), and resized back below.
+        w = h = resolution
+        w_pad = h_pad = processor_size(resolution, resolution, resolution)[2]
+    resample = Image.Resampling.BICUBIC if w > image.width else Image.Resampling.BOX
+    pixels = np.asarray(image.convert("RGB").resize((w, h), resample))
+    pixels = np.pad(pixels, ((0, h_pad - h), (0, w_pad - w), (0, 0)), mode="edge")  # (h_pad, w_pad, 3)
+    pixel_values = feature_extractor(images=[Image.fromarray(pixels)], size={"height": h_pad, "width": w_pad},
+                                     keep_aspect_ratio=False, return_tensors="pt").pixel_values
+    pixel_values = pixel_values.to(device=param.device, dtype=param.dtype)  # (1, 3, h_pad, w_pad)
+    with _any_size(estimator):
+        depth = estimator(pixel_values).predicted_depth.float().cpu()  # (1, h_out, w_out)
+    h_out, w_out = depth.shape[-2:]
+    return depth[:, : max(1, round(h_out * h / h_pad)), : max(1, round(w_out * w / w_pad))].contiguous()
 
 
 def normalize_depth(

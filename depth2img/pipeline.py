@@ -391,17 +391,28 @@ class Pipeline:
         request: GenerationRequest | None = None,
         notes: list[str] | None = None,
         depth_range: tuple[float, float] | None = None,
+        resolution: int | None = None,
     ) -> DepthMaps:
         """The depth the UNet gets: (1, 1, h, w) in [-1, 1] (before depth_strength/depth_end, which
-        :class:`DepthConcat` applies), plus the raw map (after invert/clip) for display/export."""
+        :class:`DepthConcat` applies), plus the raw map (after invert/clip) for display/export.
+        ``resolution``: the estimator's short side when no request says it (a ControlNet unit's detect job)."""
         if user_depth is not None:
             raw, source = torch.from_numpy(user_depth)[None], "user"  # (1, H, W)
         else:
             assert image is not None  # check_inputs: depth only needs a depth map
             key = depth_key(image, self.depth_estimator, self.feature_extractor)
+            # A ControlNet's estimate runs at processor_res (or pixel perfect) and is resized to the output
+            # below; SD2-depth keeps the estimator's own preprocessing (resolution None), as diffusers.
+            if self.backend.depth_at_pixels and request is not None:
+                from .backends.controlnet import estimator_resolution
+
+                resolution = estimator_resolution(request, (image.height, image.width), latent_size)
+            if resolution is not None:
+                key = (*key, resolution)
+
             def compute() -> torch.Tensor:
                 with on_device(self, self.depth_estimator, depth_device(self.device)):
-                    return estimate_depth(self.depth_estimator, self.feature_extractor, image)
+                    return estimate_depth(self.depth_estimator, self.feature_extractor, image, resolution)
 
             raw = self.depth_cache.get_or_compute(key, compute)
             raw, source = raw.clone(), "estimated"  # (1, h, w); a copy, so no caller can change the cached one
@@ -409,13 +420,14 @@ class Pipeline:
             raw = torch.from_numpy(adjust_depth(raw[0].numpy(), invert=request.invert_depth, clip=request.depth_clip))[None]
         return DepthMaps(raw=raw[0].numpy(), normalized=normalize_depth(raw, latent_size, notes, depth_range), source=source)
 
-    def estimate_depth(self, image: ImageInput) -> DepthMaps:
-        """Depth of an image with this model's estimator (for ``depth2img depth`` and previews)."""
+    def estimate_depth(self, image: ImageInput, resolution: int | None = None) -> DepthMaps:
+        """Depth of an image with this model's estimator (for ``depth2img depth`` and previews);
+        ``resolution``: run the estimator at that short side (sd-webui-controlnet's processor_res)."""
         if self.depth_estimator is None:
             raise InvalidRequestError(f"'{self.name}' has no depth estimator; give a depth model")
         picture = load_image(image)
         size = (picture.height // self.vae_scale_factor, picture.width // self.vae_scale_factor)
-        return self.prepare_depth(picture, None, size)
+        return self.prepare_depth(picture, None, size, resolution=resolution)
 
     def prepare_latents(self, pixels: torch.Tensor, generators: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
         """Clean latents and noise, (B, 4, H/8, W/8) each. Generator i first draws the VAE posterior noise

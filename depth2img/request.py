@@ -173,6 +173,12 @@ class GenerationRequest:
         "crop_and_resize", "choice", "How your own depth map fits the output size with a ControlNet (sd-webui-controlnet's "
         "resize modes; its default crop_and_resize). An estimated depth comes from the photo already fitted by "
         "--resize-mode.", choices=RESIZE_MODES, group="controlnet")
+    processor_res: int = param(512, "int", "Resolution (short side) the depth estimator runs at for a ControlNet, "
+                               "then the map is resized to the output (sd-webui-controlnet's Preprocessor resolution).",
+                               low=64, high=2048, group="controlnet")
+    pixel_perfect: bool = param(False, "bool", "Derive the estimator's resolution from the output size and "
+                                "--control-resize instead of --processor-res (sd-webui-controlnet's Pixel Perfect).",
+                                group="controlnet")
     # Approximate fast mode (fast.py): each knob off by default and switchable alone; fast=True turns on the
     # bundle for the knobs left off (fast.resolve_fast). Off, the output is the exact path's bit for bit.
     fast: bool = param(False, "bool", "Approximate fast mode: turns on the speed knobs left off (uncond sigma 1, "
@@ -262,7 +268,8 @@ class GenerationRequest:
 
 INPAINT_OPTIONS: tuple[str, ...] = ("mask_blur", "masked_content", "inpaint_area", "padding", "invert_mask")
 DEPTH_CONTROLS: tuple[str, ...] = ("invert_depth", "depth_clip", "depth_strength", "depth_end")
-CONTROL_OPTIONS: tuple[str, ...] = ("control_weight", "control_start", "control_end", "control_mode", "control_resize")
+CONTROL_OPTIONS: tuple[str, ...] = ("control_weight", "control_start", "control_end", "control_mode", "control_resize",
+                                     "processor_res", "pixel_perfect")
 
 
 def resolve_seeds(seed: int | None, batch: int) -> list[int]:

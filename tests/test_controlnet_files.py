@@ -47,13 +47,13 @@ def test_a_file_with_a_missing_key_is_refused(tiny_file, tmp_path):
 
 
 def test_layouts_are_detected_by_keys():
-    assert controlnet_layout(["controlnet_cond_embedding.conv_in.weight"]) == ("diffusers", False)
+    assert controlnet_layout(["controlnet_cond_embedding.conv_in.weight"]) == ("diffusers", "sd15")
     assert controlnet_layout(["controlnet_cond_embedding.conv_in.weight", "add_embedding.linear_1.weight"]) == (
-        "diffusers", True)
+        "diffusers", "sdxl_small")
     assert controlnet_layout(["control_model.time_embed.0.weight", "control_model.input_hint_block.0.weight"]) == (
-        "ldm", False)
+        "ldm", "sd15")
     assert controlnet_layout(["control_model.time_embed.0.weight", "control_model.input_hint_block.0.weight",
-                              "control_model.label_emb.0.0.weight"]) == ("ldm", True)
+                              "control_model.label_emb.0.0.weight"]) == ("ldm", "sdxl_ldm")
     with pytest.raises(ModelLoadError, match="not a ControlNet"):
         controlnet_layout(["model.diffusion_model.time_embed.0.weight"])
 

@@ -124,14 +124,28 @@ def test_file_controlnet_by_title_and_by_part_of_its_name(http, models):
         assert np.array_equal(decode(reply.json()["images"][0]), np.asarray(want.images[0]))
 
 
-def test_detect_returns_the_estimators_depth(http, library):
-    reply = http.post("/controlnet/detect", json={"controlnet_module": "depth_midas",
+@pytest.mark.parametrize("resolution", [-1, 128])  # -1: the module's default, 512 for depth_midas
+def test_detect_returns_the_estimators_depth_at_the_processor_resolution(http, library, resolution):
+    reply = http.post("/controlnet/detect", json={"controlnet_module": "depth_midas", "controlnet_processor_res": resolution,
                                                   "controlnet_input_images": [b64(photo_png((64, 64)))]})
     assert reply.status_code == 200, reply.text
     assert reply.json()["info"] == "Success"
-    want = np.asarray(library.estimate_depth(PHOTO).to_image("raw", bits=8).convert("RGB")).astype(int)
+    depth = library.estimate_depth(PHOTO, resolution=512 if resolution == -1 else resolution)
+    want = np.asarray(depth.to_image("raw", bits=8).convert("RGB")).astype(int)
     got = decode(reply.json()["images"][0]).astype(int)
     assert got.shape == want.shape and np.abs(got - want).max() <= 1
+
+
+@pytest.mark.parametrize("theirs, ours", [(dict(processor_res=128), dict(processor_res=128)),
+                                          (dict(pixel_perfect=True), dict(pixel_perfect=True))])
+def test_unit_processor_res_and_pixel_perfect_are_honoured(http, library, theirs, ours):
+    body = {**COMMON, "init_images": [b64(photo_png((64, 64)))], "denoising_strength": 0.75,
+            **unit(module="depth_midas", **theirs)}
+    reply = http.post("/sdapi/v1/img2img", json=body)
+    assert reply.status_code == 200, reply.text
+    want = library.generate(image=PHOTO, strength=0.75, **ours, **LIBRARY)
+    assert np.array_equal(decode(reply.json()["images"][0]), np.asarray(want.images[0]))
+    assert "processor_res" not in reply.json()["info"]  # no "not honoured" warning any more
 
 
 @pytest.mark.parametrize("fields, message", [
@@ -144,6 +158,7 @@ def test_detect_returns_the_estimators_depth(http, library):
     (dict(resize_mode="Stretch"), "resize_mode 'Stretch' is not one of"),
     (dict(weight=3), "weight must be in [0, 2]"),
     (dict(module="none"), "required with module none"),
+    (dict(processor_res=10), "processor_res must be in [64, 2048]"),
 ])
 def test_bad_units_are_422(http, fields, message):
     body = {**COMMON, "init_images": [b64(photo_png((64, 64)))], **unit(**{"module": "depth_midas", **fields})}

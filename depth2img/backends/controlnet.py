@@ -62,7 +62,7 @@ class ControlNetBackend(Backend):
             "Resize Mode": a1111.CONTROLNET_RESIZE_MODES[request.control_resize],
             "Guidance Start": float(request.control_start),
             "Guidance End": float(request.control_end),
-            "Pixel Perfect": False,
+            "Pixel Perfect": bool(request.pixel_perfect),
             "Control Mode": a1111.CONTROL_MODES[request.control_mode][1],
         }
         depth = "own map" if own_depth else depth_source or "estimated"
@@ -75,6 +75,28 @@ def control_image(depth: torch.Tensor) -> torch.Tensor:
     The map was min-max normalised in float32 before any quantisation (a 16-bit own map keeps its
     precision); this is the same min-max to [0, 1], replicated to 3 channels as A1111's depth_midas."""
     return ((depth + 1.0) / 2.0).clamp(0.0, 1.0).repeat(1, 3, 1, 1)
+
+
+def pixel_perfect_resolution(raw: tuple[int, int], target: tuple[int, int], resize: str) -> int:
+    """sd-webui-controlnet's ``pixel_perfect_resolution`` (internal_controlnet/external_code.py): the
+    preprocessor resolution that maps the input image onto the output pixel for pixel.
+
+    With ``raw`` = (H, W) of the image the estimator gets and ``target`` = (H, W) of the output,
+    k0 = target_H / raw_H and k1 = target_W / raw_W; "Resize and Fill" (OUTER_FIT, the whole image fits
+    inside) takes k = min(k0, k1), the other resize modes (the target filled, cropping) k = max(k0, k1);
+    the resolution is round(k * min(raw_H, raw_W)) (numpy's round, half to even, as Python's)."""
+    (raw_h, raw_w), (target_h, target_w) = raw, target
+    k0, k1 = float(target_h) / float(raw_h), float(target_w) / float(raw_w)
+    k = min(k0, k1) if resize == "resize_and_fill" else max(k0, k1)
+    return int(round(k * float(min(raw_h, raw_w))))
+
+
+def estimator_resolution(request: GenerationRequest, raw: tuple[int, int], target: tuple[int, int]) -> int:
+    """The resolution (short side) the depth estimator runs at for a ControlNet: ``processor_res``, or
+    with ``pixel_perfect`` the one :func:`pixel_perfect_resolution` derives (raw/target as (H, W))."""
+    if request.pixel_perfect:
+        return pixel_perfect_resolution(raw, target, request.control_resize)
+    return int(request.processor_res)
 
 
 def control_keep(n: int, start: float, end: float) -> list[float]:

@@ -22,7 +22,7 @@ GENERATE_FIELDS = (
     "image", "prompt", "negative_prompt", "styles", "loras", "strength", "steps", "guidance_scale", "seed", "scheduler", "batch_size",
     "width", "height", "resize_mode", "depth_map", "eta", "mask", "mask_blur", "masked_content", "inpaint_area",
     "padding", "invert_mask", "invert_depth", "depth_clip", "depth_strength", "depth_end",
-    "control_weight", "control_start", "control_end", "control_mode", "control_resize",
+    "control_weight", "control_start", "control_end", "control_mode", "control_resize", "processor_res", "pixel_perfect",
     *SPEED_FIELDS,  # preset and the fast-mode knobs: every field of the "speed" group, from the spec
 )
 

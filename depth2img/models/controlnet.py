@@ -137,30 +137,52 @@ def load_controlnet(source: str | Path) -> tuple[Any, str]:
 LDM_PREFIX = "control_model."  # A1111 / original ControlNet files
 
 
-def controlnet_layout(keys: Any) -> tuple[str, bool]:
-    """``(layout, sdxl)`` from a state dict's keys: "ldm" (``control_model.*`` / bare ``time_embed``) or
-    "diffusers"; SDXL by its added (size/pooled) embedding. Raises for files that are no ControlNet."""
+# The ControlNet configs shipped in depth2img/data/controlnet/, by variant (diffusers' CHECKPOINT_KEY_NAMES
+# names the same four: "controlnet", "controlnet_xl_large", "controlnet_xl_mid", "controlnet_xl_small").
+# sd15: lllyasviel/control_v11f1p_sd15_depth; sdxl_full: diffusers/controlnet-depth-sdxl-1.0 (the SDXL UNet's
+# down half); sdxl_mid / sdxl_small: its distilled -mid (transformer layers 0, 0, 1) and -small (no attention
+# in the down blocks, a 0-layer transformer in the mid block): 272.6M and 160.1M parameters, the published
+# file sizes (1.09 GB / 640 MB fp32).
+SHIPPED_CONFIGS = {"sd15": "sd15.json", "sdxl_full": "sdxl_full.json", "sdxl_mid": "sdxl_mid.json",
+                   "sdxl_small": "sdxl_small.json"}
+_XL_FULL_KEY = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_k.weight"
+_XL_MID_KEY = "down_blocks.1.attentions.0.norm.weight"
+
+
+def controlnet_layout(keys: Any) -> tuple[str, str]:
+    """``(layout, variant)`` from a state dict's keys, the way diffusers' ``infer_diffusers_model_type``
+    tells them apart: layout "ldm" (``control_model.*`` / bare ``time_embed``) or "diffusers"; variant one of
+    :data:`SHIPPED_CONFIGS` ("sd15", or for an SDXL ControlNet, recognised by its added size/pooled
+    embedding, "sdxl_full" with transformer blocks in down block 1, "sdxl_mid" with a 0-layer transformer
+    there, else "sdxl_small"); an SDXL file in the LDM layout is "sdxl_ldm". Raises for files that are no ControlNet."""
     keys = set(keys)
     if "controlnet_cond_embedding.conv_in.weight" in keys:
-        return "diffusers", "add_embedding.linear_1.weight" in keys
+        if "add_embedding.linear_1.weight" not in keys:
+            return "diffusers", "sd15"
+        if _XL_FULL_KEY in keys:
+            return "diffusers", "sdxl_full"
+        return "diffusers", "sdxl_mid" if _XL_MID_KEY in keys else "sdxl_small"
     bare = {k.removeprefix(LDM_PREFIX) for k in keys}
     if "time_embed.0.weight" in bare and "input_hint_block.0.weight" in bare:
-        return "ldm", "label_emb.0.0.weight" in bare
+        return "ldm", "sdxl_ldm" if "label_emb.0.0.weight" in bare else "sd15"
     raise ModelLoadError("not a ControlNet: neither control_model.* (A1111) nor diffusers ControlNet keys")
 
 
 def load_controlnet_file(path: Path) -> Any:
     """A single-file ControlNet, offline and strictly: read by the safe loader (no pickle code runs),
-    layout detected by keys, config from a ``<file>.json`` beside it or the one shipped for SD 1.5,
-    LDM keys converted with diffusers' own table, every key used."""
+    layout and variant detected by keys, config from a same-name ``.json`` beside it or the one shipped for
+    its variant, LDM keys converted with diffusers' own table, every key used."""
     from diffusers import ControlNetModel
     from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
 
     from .safe_load import load_state_dict
 
     sd = load_state_dict(path)
-    layout, sdxl = controlnet_layout(sd)
-    config = _controlnet_config(path, sdxl)
+    layout, variant = controlnet_layout(sd)
+    if variant == "sdxl_ldm":  # diffusers' converter has no label_emb → add_embedding mapping for ControlNets
+        raise ModelLoadError(f"'{path.name}' is an SDXL ControlNet in the control_model.* layout, which diffusers "
+                             "cannot convert: use its diffusers-keyed .safetensors (e.g. diffusers_xl_depth_*)")
+    config = _controlnet_config(path, variant)
     if layout == "ldm":
         sd = convert_controlnet_checkpoint({k if k.startswith(LDM_PREFIX) else LDM_PREFIX + k: v for k, v in sd.items()},
                                            config)
@@ -168,21 +190,28 @@ def load_controlnet_file(path: Path) -> Any:
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as error:
-        raise ModelLoadError(f"ControlNet '{path.name}' does not match its config: {str(error).splitlines()[0]}") from None
+        raise ModelLoadError(f"ControlNet '{path.name}' does not match its config ({variant}): "
+                             f"{' '.join(str(error).split())[:300]}") from None
     return model.eval()
 
 
-def _controlnet_config(path: Path, sdxl: bool) -> dict[str, Any]:
+def shipped_controlnet_config(variant: str) -> dict[str, Any]:
+    """The diffusers config shipped for a ControlNet variant (see :data:`SHIPPED_CONFIGS`)."""
     import json
     from importlib import resources
 
-    sidecar = path.with_suffix(".json")
+    return json.loads((resources.files("depth2img") / "data" / "controlnet" / SHIPPED_CONFIGS[variant]).read_text())
+
+
+def _controlnet_config(path: Path, variant: str) -> dict[str, Any]:
+    import json
+
+    from .files import CONTROLNET_CONFIG_SUFFIX
+
+    sidecar = path.with_suffix(CONTROLNET_CONFIG_SUFFIX)
     if sidecar.is_file():
         return json.loads(sidecar.read_text())
-    if sdxl:
-        raise ModelLoadError(f"'{path.name}' is an SDXL ControlNet: put its diffusers config.json beside it as "
-                             f"{sidecar.name} (shipped SDXL configs are not there yet)")
-    return json.loads((resources.files("depth2img") / "data" / "controlnet" / "sd15.json").read_text())
+    return shipped_controlnet_config(variant)
 
 
 def _file_name(path: Path) -> str:

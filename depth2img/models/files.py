@@ -19,6 +19,8 @@ PICKLE_SUFFIXES: tuple[str, ...] = (".ckpt", ".pt", ".pth", ".bin")
 CHECKPOINT_SUFFIXES: tuple[str, ...] = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
 MODEL_SUFFIXES: tuple[str, ...] = (".ckpt", ".safetensors", ".pt", ".pth")
 CONFIG_SUFFIXES: tuple[str, ...] = (".yaml", ".yml")
+# A ControlNet single file's own diffusers config, if any: the same-name .json beside it (else a shipped one).
+CONTROLNET_CONFIG_SUFFIX = ".json"
 # Extra networks (prompts/): what A1111 looks for in embeddings/ and Lora/, in its order of preference.
 EMBEDDING_SUFFIXES: tuple[str, ...] = (".pt", ".safetensors", ".bin")
 LORA_SUFFIXES: tuple[str, ...] = (".safetensors", ".pt", ".ckpt", ".bin")

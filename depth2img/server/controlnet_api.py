@@ -9,7 +9,8 @@ pipeline loads with; nothing here generates. What we follow and where we differ:
   ``weight`` 1.0, ``guidance_start`` 0, ``guidance_end`` 1 (start > end refused), ``control_mode``
   "Balanced" (also 0/1/2), ``resize_mode`` "Crop and Resize" (also 0/1/2 and the old aliases; it fits
   an own map, an estimated depth comes from the init image already fitted by the request's resize_mode),
-  ``processor_res`` -1 (module default), ``save_detected_map`` True; deprecated aliases ``guidance``,
+  ``processor_res`` -1 (module default, 512) and ``pixel_perfect`` False (both honoured: the estimator
+  runs at that short side, see depth.estimate_depth), ``save_detected_map`` True; deprecated aliases ``guidance``,
   ``input_image``, ``lowvram``; other fields are ignored (the extension's ``extra="ignore"``).
 - depth2img is a depth tool: the modules are ``depth`` (label ``depth_midas``: the model's own MiDaS/DPT
   estimator) and ``none`` (the unit's image is the depth map). The extension's other depth modules and
@@ -38,7 +39,7 @@ from PIL import Image
 
 from .. import a1111
 from ..errors import InvalidRequestError
-from ..request import PARAMS, check_value
+from ..request import DEFAULTS, PARAMS, check_value
 from .errors import JobFailedError
 from .inputs import decode_b64
 from .services import Services
@@ -165,11 +166,13 @@ def parse_units(script: Any, svc: Services, *, init_image: Optional[bytes]) -> O
         resize = _choice(unit["resize_mode"], a1111.CONTROLNET_RESIZE_CODES, a1111.CONTROLNET_RESIZE_MODES,
                          a1111.CONTROLNET_RESIZE_ALIASES, _where(index, "resize_mode"))
         fields["control_resize"] = resize
-    processor_res = unit.get("processor_res", -1)
-    default = a1111.CONTROLNET_MODULES[module].resolution
-    if default and isinstance(processor_res, int) and default[1] <= processor_res <= default[2] \
-            and processor_res != default[0]:
-        warnings.append(f"ControlNet processor_res {processor_res}: the depth estimator runs at its own resolution")
+    if a1111.CONTROLNET_MODULES[module].resolution:  # a module that runs the estimator: its resolution slider
+        if unit.get("processor_res", -1) not in (-1, None):  # -1: the module's default (512, the field's)
+            check_value("processor_res", unit["processor_res"], PARAMS["processor_res"], _where(index, "processor_res"))
+            fields["processor_res"] = unit["processor_res"]
+        if "pixel_perfect" in unit:
+            check_value("pixel_perfect", unit["pixel_perfect"], PARAMS["pixel_perfect"], _where(index, "pixel_perfect"))
+            fields["pixel_perfect"] = unit["pixel_perfect"]
     image = _unit_image(unit.get("image"), _where(index, "image"))
     detect = None
     if module == "none":
@@ -194,10 +197,12 @@ def parse_units(script: Any, svc: Services, *, init_image: Optional[bytes]) -> O
 
 
 async def detect_depth(svc: Services, image: bytes, *, model: Optional[str], depth_model: Optional[str] = None,
-                       controlnet: Optional[str] = None) -> bytes:
+                       controlnet: Optional[str] = None, resolution: Optional[int] = None) -> bytes:
     """The 16-bit depth PNG of ``image`` by ``model``'s estimator, through the queue (a "depth" job); the same
-    model key as the generation that follows, so the pipeline is not reloaded between the two."""
-    job = await asyncio.to_thread(svc.submit, "depth", {}, {"image": image}, model=model, depth_model=depth_model,
+    model key as the generation that follows, so the pipeline is not reloaded between the two. ``resolution``:
+    the estimator's short side (the unit's processor_res), else its own preprocessing."""
+    fields = {"processor_res": int(resolution)} if resolution is not None else {}
+    job = await asyncio.to_thread(svc.submit, "depth", fields, {"image": image}, model=model, depth_model=depth_model,
                                   source="sdapi", controlnet=controlnet)
     done = await svc.wait(job)
     if done.state != "done":
@@ -274,6 +279,10 @@ async def detect(
     module = module_of(controlnet_module, "controlnet_module")
     if not controlnet_input_images:
         raise InvalidRequestError("No image selected: controlnet_input_images is empty")
+    resolution = DEFAULTS["processor_res"]  # -1: the module's default, 512 for depth_midas
+    if controlnet_processor_res != -1:
+        check_value("processor_res", controlnet_processor_res, PARAMS["processor_res"], "controlnet_processor_res")
+        resolution = controlnet_processor_res
     images = []
     for i, text in enumerate(controlnet_input_images):
         data = decode_b64(text, f"controlnet_input_images[{i}]")
@@ -285,6 +294,7 @@ async def detect(
             images.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
         else:
             model, depth_model, controlnet = svc.registry.loaded_key or (None, None, None)
-            png16 = await detect_depth(svc, data, model=model, depth_model=depth_model, controlnet=controlnet)
+            png16 = await detect_depth(svc, data, model=model, depth_model=depth_model, controlnet=controlnet,
+                                       resolution=resolution)
             images.append(detected_map_b64(png16))
     return {"info": "Success", "images": images}

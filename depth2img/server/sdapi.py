@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .. import __version__, a1111
 from ..errors import InvalidRequestError
 from ..infotext import parse_infotext, read_infotext
-from ..request import PARAMS
+from ..request import DEFAULTS, PARAMS
 from .controlnet_api import ControlUnit, detect_depth, detected_map_b64, parse_units
 from .errors import JobFailedError, SamplerNotFoundError, UnsupportedError
 from .inputs import decode_b64
@@ -229,7 +229,23 @@ async def _apply_unit(svc: Services, unit: ControlUnit, model_id: str, fields: d
         inputs["depth_map"] = own
     elif unit.detect is not None:
         inputs["depth_map"] = await detect_depth(svc, unit.detect, model=model_id, depth_model=depth_model,
-                                                 controlnet=unit.controlnet)
+                                                 controlnet=unit.controlnet, resolution=_unit_resolution(unit, fields))
+
+
+def _unit_resolution(unit: ControlUnit, fields: dict[str, Any]) -> int:
+    """The estimator's resolution for a unit image that is not the init image: its processor_res, or with
+    pixel_perfect A1111's rule from the unit image's size to the output size (the request's width/height,
+    else the unit image's own)."""
+    from ..backends.controlnet import pixel_perfect_resolution
+    from ..images import open_image
+
+    if not fields.get("pixel_perfect", False):
+        return int(fields.get("processor_res", DEFAULTS["processor_res"]))
+    assert unit.detect is not None
+    with open_image(unit.detect) as picture:
+        raw = (picture.height, picture.width)
+    target = (fields["height"], fields["width"]) if fields.get("width") and fields.get("height") else raw
+    return pixel_perfect_resolution(raw, target, fields.get("control_resize", DEFAULTS["control_resize"]))
 
 
 async def _generate(request: Request, body: Txt2ImgRequest) -> dict[str, Any]:

@@ -164,7 +164,7 @@ class Worker:
         inputs = self.store.read_inputs(job)
         pipe = self.registry.get(job.model, job.depth_model, job.controlnet)
         if job.kind == "depth":
-            depth = pipe.estimate_depth(inputs["image"])
+            depth = pipe.estimate_depth(inputs["image"], resolution=job.request.get("processor_res"))
             save_image(depth.to_image("raw", bits=8), self.store.image_path(job.id, 0))
             save_image(depth.to_image("raw", bits=16), self.store.depth_path(job.id))
             self.store.finish(job.id, seeds=[], infotexts=[], warnings=[], n_images=1, has_depth=True)
