@@ -39,7 +39,7 @@ from .actor import JobActor, JobOutcome, JobPayload
 from .jobs import JobStore
 from .registry import Registry
 from .settings import Settings
-from .worker import Progress
+from .worker import JobControl, Progress
 
 log = logging.getLogger("depth2img.server")
 
@@ -48,7 +48,7 @@ REPORTED = 1000  # finished jobs whose reported steps are kept
 MAX_DEATHS = 2  # a job whose worker died this many times is failed (retried once on another actor)
 
 
-class RayWorker:
+class RayWorker(JobControl):
     def __init__(self, settings: Settings, store: JobStore, registry: Registry) -> None:
         self.settings, self.store, self.registry = settings, store, registry
         self._queue: queue.Queue[str | None] = queue.Queue()
@@ -116,22 +116,6 @@ class RayWorker:
 
     def progress_of(self, job_id: str) -> Progress | None:
         return self.running.get(job_id)
-
-    def cancel(self, job_id: str, reason: str = "cancelled") -> bool:
-        if self.store.cancel_queued(job_id):
-            return True
-        progress = self.running.get(job_id)
-        if progress is not None:
-            progress.cancel = reason
-            return True
-        return False
-
-    def interrupt(self, reason: str = "interrupted") -> str | None:
-        current = self.current
-        if current is None:
-            return None
-        current.cancel = reason
-        return current.job_id
 
     def stop(self, grace: float | None = None) -> None:
         """Stop taking jobs; running ones may finish within ``grace`` s, else they are stopped. Queued jobs

@@ -64,7 +64,36 @@ def build_request(job: Job, inputs: dict[str, bytes]) -> GenerationRequest:
     return GenerationRequest(**fields, **inputs)
 
 
-class Worker:
+class JobControl:
+    """Cancel and interrupt, shared by the local :class:`Worker` and the Ray dispatcher (remote.RayWorker):
+    both mark a running job's :class:`Progress`, which its step callback (local or on the actor) reads."""
+
+    store: JobStore
+    current: Progress | None
+
+    def progress_of(self, job_id: str) -> Progress | None:
+        raise NotImplementedError
+
+    def cancel(self, job_id: str, reason: str = "cancelled") -> bool:
+        """Cancel a queued job at once, or a running one at its next step. False if neither."""
+        if self.store.cancel_queued(job_id):
+            return True
+        progress = self.progress_of(job_id)
+        if progress is not None:
+            progress.cancel = reason
+            return True
+        return False
+
+    def interrupt(self, reason: str = "interrupted") -> str | None:
+        """Stop the current job (A1111's /interrupt); its id, or None when idle."""
+        current = self.current
+        if current is None:
+            return None
+        current.cancel = reason
+        return current.job_id
+
+
+class Worker(JobControl):
     def __init__(self, settings: Settings, store: JobStore, registry: Registry) -> None:
         self.settings, self.store, self.registry = settings, store, registry
         self._queue: queue.Queue[str | None] = queue.Queue()
@@ -83,24 +112,6 @@ class Worker:
 
     def submit(self, job_id: str) -> None:
         self._queue.put(job_id)
-
-    def cancel(self, job_id: str, reason: str = "cancelled") -> bool:
-        """Cancel a queued job at once, or the running one at its next step. False if neither."""
-        if self.store.cancel_queued(job_id):
-            return True
-        current = self.current
-        if current is not None and current.job_id == job_id:
-            current.cancel = reason
-            return True
-        return False
-
-    def interrupt(self, reason: str = "interrupted") -> str | None:
-        """Stop the running job (A1111's /interrupt); its id, or None when idle."""
-        current = self.current
-        if current is None:
-            return None
-        current.cancel = reason
-        return current.job_id
 
     def stop(self, grace: float | None = None) -> None:
         """Stop taking jobs; let the running one finish within ``grace`` seconds, else fail it.
