@@ -130,3 +130,43 @@ def test_a1111_keyed_file_loads_offline_with_the_same_weights(tiny_file, tmp_pat
     expected = model.state_dict()
     assert set(loaded.state_dict()) == set(expected)
     assert all(torch.equal(loaded.state_dict()[k], expected[k]) for k in expected)
+
+
+@pytest.mark.slow
+def test_a_full_size_sd15_a1111_controlnet_loads_offline_from_pth_and_safetensors(tmp_path, monkeypatch):
+    """Issue 12: a full-size SD 1.5 ControlNet (control_v11f1p_sd15_depth's architecture, 361 M parameters) in
+    A1111's ``control_model.*`` layout, fp16 synthetic values, with no .json beside it: detected by keys, built
+    from the shipped config, loaded strictly and offline from .pth and .safetensors with identical weights.
+    The keys come from diffusers' ControlNetModel (built independently from the config) through
+    ``to_a1111_keys``; the expected weights are that model's own."""
+    import socket
+
+    from diffusers import ControlNetModel
+
+    from depth2img.models.controlnet import shipped_controlnet_config
+
+    torch.manual_seed(0)
+    model = ControlNetModel.from_config(shipped_controlnet_config("sd15")).half()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02)  # synthetic values, none zero (a zero-init conv would hide a wrong mapping)
+    expected = model.state_dict()
+    assert sum(v.numel() for v in expected.values()) > 360_000_000  # the real size, not a tiny stand-in
+    sd = to_a1111_keys({k: v.contiguous() for k, v in expected.items()}, dict(model.config))
+    del model
+    pth, st = tmp_path / "control_v11f1p_sd15_depth.pth", tmp_path / "control_v11f1p_sd15_depth_fp16.safetensors"
+    torch.save(sd, pth)  # A1111's .pth files are a bare state dict
+    save_file(sd, str(st))
+    del sd
+
+    def no_network(*args, **kwargs):
+        raise OSError("network refused in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    for path in (pth, st):
+        assert not path.with_suffix(".json").exists()
+        loaded, name = load_controlnet(path)
+        got = loaded.state_dict()
+        assert set(got) == set(expected), path.name
+        assert all(torch.equal(got[k], expected[k].to(got[k].dtype)) for k in expected), path.name
+        del loaded, got
