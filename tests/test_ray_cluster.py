@@ -24,7 +24,10 @@ from depth2img.request import GenerationRequest
 
 from ._ray import OBJECT_STORE, make_folder, ray_environment, ray_processes
 
-REQUEST = GenerationRequest(image="(each input)", prompt="a castle", steps=2, strength=1.0, seed=100)
+# 16 steps: each item takes long enough that the lost node still holds unfinished work when it is killed.
+# With 2 steps an actor could finish both of its in-flight items while the driver handled the 4th result,
+# and the failover went unexercised (a CI run saw no requeued item).
+REQUEST = GenerationRequest(image="(each input)", prompt="a castle", steps=16, strength=1.0, seed=100)
 
 
 @pytest.fixture(scope="module")
