@@ -134,32 +134,23 @@ class RayExecutor:
         tries: dict[str, int] = collections.Counter()
         running: dict[Any, tuple[int, WorkItem]] = {}  # ObjectRef -> (actor index, item)
         load: list[int] = [0] * len(actors)
-        live = [True] * len(actors)
-        pings: dict[Any, int] = {}  # readiness probes of actors that failed: they rejoin when one answers
-        last_live = time.monotonic()
+        health = ActorHealth(actors)
         try:
             while queue or running:
                 for index, actor in enumerate(actors):
-                    while live[index] and queue and load[index] < IN_FLIGHT_PER_ACTOR:
+                    while health.live[index] and queue and load[index] < IN_FLIGHT_PER_ACTOR:
                         item = queue.popleft()
                         running[actor.run.remote(pickle.dumps(item))] = (index, item)
                         load[index] += 1
-                if any(live):
-                    last_live = time.monotonic()
-                elif time.monotonic() - last_live > NO_WORKER_TIMEOUT:
+                if health.seconds_without_live() > NO_WORKER_TIMEOUT:
                     while queue:
                         yield ItemResult(queue.popleft().name, "failed", f"no live Ray worker for {NO_WORKER_TIMEOUT:.0f} s")
                     if not running:
                         break
-                done, _ = ray.wait(list(running) + list(pings), num_returns=1, timeout=1.0)
+                done, _ = ray.wait(list(running) + list(health.probes), num_returns=1, timeout=1.0)
                 for ref in done:
-                    if ref in pings:
-                        index = pings.pop(ref)
-                        try:
-                            ray.get(ref)
-                            live[index] = True
-                        except ray.exceptions.RayActorError:
-                            pings[actors[index].ready.remote()] = index
+                    if ref in health.probes:
+                        health.answered(ref)
                         continue
                     index, item = running.pop(ref)
                     load[index] -= 1
@@ -173,9 +164,7 @@ class RayExecutor:
                         else:
                             queue.appendleft(item)
                             self.requeued.append(item.name)
-                        if live[index]:
-                            live[index] = False
-                            pings[actors[index].ready.remote()] = index
+                        health.lost(index)
                     except ray.exceptions.RayTaskError as error:  # a bug in the worker: this item fails
                         lines = str(error).strip().splitlines()
                         yield ItemResult(item.name, "failed", lines[-1] if lines else type(error).__name__)
@@ -185,6 +174,46 @@ class RayExecutor:
                     ray.cancel(ref)
                 except Exception:  # already finished, or its actor is gone: nothing to cancel
                     pass
+
+
+class ActorHealth:
+    """Which actors of a pool are live, for the batch executor and the server's dispatcher alike.
+
+    A lost actor (its call raised ``RayActorError``) is probed with ``ready`` until it answers — Ray restarts it
+    (``max_restarts=-1``) unless its node is gone — and then rejoins. ``retry_pause`` seconds pass before a
+    failed probe is sent again. The probes' refs go into the caller's ``ray.wait`` beside its work refs.
+    """
+
+    def __init__(self, actors: list[Any], retry_pause: float = 0.0) -> None:
+        self.actors, self.retry_pause = actors, retry_pause
+        self.live = [True] * len(actors)
+        self.probes: dict[Any, int] = {}  # ready() ref -> actor index
+        self._last_live = time.monotonic()
+
+    def lost(self, index: int) -> None:
+        if self.live[index]:
+            self.live[index] = False
+            self.probes[self.actors[index].ready.remote()] = index
+
+    def answered(self, ref: Any) -> int | None:
+        """A finished probe (``ref in probes``): the index of the actor that rejoined, or None (probe again)."""
+        ray = require_ray()
+        index = self.probes.pop(ref)
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayActorError:
+            time.sleep(self.retry_pause)
+            self.probes[self.actors[index].ready.remote()] = index
+            return None
+        self.live[index] = True
+        return index
+
+    def seconds_without_live(self) -> float:
+        """0 while any actor is live, else how long none has been."""
+        now = time.monotonic()
+        if any(self.live):
+            self._last_live = now
+        return now - self._last_live
 
 
 def _passed_env() -> dict[str, str]:

@@ -30,10 +30,9 @@ import logging
 import queue
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-from ..executors.ray import _passed_env, require_ray
+from ..executors.ray import ActorHealth, _passed_env, require_ray
 from ..outputs import save_image
 from .actor import JobActor, JobOutcome, JobPayload
 from .jobs import JobStore
@@ -140,11 +139,9 @@ class RayWorker(JobControl):
         ray = require_ray()
         waiting: collections.deque[str] = collections.deque()  # retries go first
         busy: dict[Any, tuple[int, str]] = {}  # run ref -> (actor index, job id)
-        live = [True] * len(self.actors)
+        health = ActorHealth(self.actors, retry_pause=POLL)
         free = list(range(len(self.actors)))
-        pings: dict[Any, int] = {}
         forwarded: set[str] = set()  # jobs whose stop reason was sent to their actor
-        last_live = time.monotonic()
         while not (self._stopping.is_set() and not busy):
             while True:  # the HTTP side's submissions
                 try:
@@ -162,13 +159,11 @@ class RayWorker(JobControl):
                 else:
                     busy[ref] = (index, job_id)
                     self.on_actor[job_id] = index
-            if any(live):
-                last_live = time.monotonic()
-            elif waiting and time.monotonic() - last_live > self.settings.job_timeout:
+            if health.seconds_without_live() > self.settings.job_timeout and waiting:
                 while waiting:
                     job_id = waiting.popleft()
                     self._end(job_id, "failed", f"no live Ray worker for {self.settings.job_timeout:g} s", 503)
-            if not busy and not pings:
+            if not busy and not health.probes:
                 try:  # idle: block on the queue instead of spinning
                     job_id = self._queue.get(timeout=POLL)
                     if job_id is not None and not self._stopping.is_set():
@@ -176,17 +171,12 @@ class RayWorker(JobControl):
                 except queue.Empty:
                     pass
                 continue
-            done, _ = ray.wait(list(busy) + list(pings), num_returns=1, timeout=POLL)
+            done, _ = ray.wait(list(busy) + list(health.probes), num_returns=1, timeout=POLL)
             for ref in done:
-                if ref in pings:
-                    index = pings.pop(ref)
-                    try:
-                        ray.get(ref)
-                        live[index] = True
-                        free.append(index)
-                    except ray.exceptions.RayActorError:
-                        time.sleep(POLL)
-                        pings[self.actors[index].ready.remote()] = index
+                if ref in health.probes:
+                    rejoined = health.answered(ref)
+                    if rejoined is not None:
+                        free.append(rejoined)
                     continue
                 index, job_id = busy.pop(ref)
                 self.on_actor.pop(job_id, None)
@@ -194,8 +184,7 @@ class RayWorker(JobControl):
                 try:
                     outcome: JobOutcome = ray.get(ref)
                 except ray.exceptions.RayActorError as error:  # the worker died: another actor, once
-                    live[index] = False
-                    pings[self.actors[index].ready.remote()] = index
+                    health.lost(index)
                     self.deaths[job_id] += 1
                     progress = self.running.get(job_id)
                     if self.deaths[job_id] >= MAX_DEATHS:
