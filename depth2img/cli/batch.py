@@ -13,11 +13,12 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from ..executors.base import ModelSpec
 from ..request import GenerationRequest, flag
 from .generate import GENERATE_FIELDS
 from .handling import err, one_line_errors, say, warn
 from .loading import load
-from .options import (DepthModelOpt, DeviceOpt, DtypeOpt, ExecutorOpt, GpusPerWorkerOpt, MaxFailuresOpt, ModelOpt,
+from .options import (CompileOpt, DepthModelOpt, DeviceOpt, DtypeOpt, ExecutorOpt, GpusPerWorkerOpt, MaxFailuresOpt, ModelOpt,
                       RayAddressOpt, WorkersOpt, decode_inputs, executor_for, request_options, to_request_fields)
 
 BATCH_FIELDS = tuple(name for name in GENERATE_FIELDS if name != "image")
@@ -38,6 +39,7 @@ def batch(
     depth_model: DepthModelOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
+    compile: CompileOpt = False,
     executor: ExecutorOpt = "local",
     ray_address: RayAddressOpt = None,
     workers: WorkersOpt = None,
@@ -68,7 +70,8 @@ def batch(
     check_targets([Target("--output", tuple(targets))])
     request = GenerationRequest(**{**decode_inputs(request_fields), "image": None}).replace(**stand_in)
     options, runner = executor_for(executor, ray_address, workers, gpus_per_worker, max_failures,
-                                   lambda: load(model, device, dtype, depth_model), model, device, dtype, depth_model)
+                                   lambda: load(model, device, dtype, depth_model, compile=compile),
+                                   ModelSpec(model, device, dtype, depth_model, compile=compile))
 
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -82,7 +85,7 @@ def batch(
 
         try:
             summary = run_batch(
-                lambda: load(model, device, dtype, depth_model), request, inputs, output, depth_dir=depth_dir,
+                lambda: load(model, device, dtype, depth_model, compile=compile), request, inputs, output, depth_dir=depth_dir,
                 mask_dir=mask_dir, resume=resume, same_seed=same_seed, suffix=ext,
                 settings={"model": model, "depth_model": depth_model, "device": device, "dtype": dtype}, on_item=on_item,
                 executor=runner, max_failures=options.max_failures,
