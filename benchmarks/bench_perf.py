@@ -22,7 +22,10 @@ Sections (no flag = all):
               original-layout .safetensors and .ckpt: our loader vs diffusers' from_single_file (the UNet: diffusers
               0.42 has no single-file loader for the depth pipeline), our .ckpt cache miss and hit, and our whole
               pipeline from the cached .ckpt;
-  --scaling   UNet-only CFG call at latent 8..64 and batch 1..4, channels_last and thread count: how time grows.
+  --scaling   UNet-only CFG call at latent 8..64 and batch 1..4, channels_last and thread count: how time grows;
+  --compile   our --compile (torch.compile, inductor) around the UNet vs the eager UNet (the module diffusers calls):
+              the first call's time with an empty inductor cache and, in a second fresh process, with the cache
+              the first one left (what a restart pays), and the per-call time compiled / eager, interleaved.
 
 Timings are printed, never asserted. The OS page cache is not dropped between runs ("cold" = fresh process).
 """
@@ -50,7 +53,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 PROMPT = "a marble statue of an astronaut"
-SECTIONS = ("step", "image", "variants", "memory", "start", "scaling")
+SECTIONS = ("step", "image", "variants", "memory", "start", "scaling", "compile")
 # Our variants (GenerationRequest fields); a variant whose fields the request type lacks is reported as
 # "not available in this build" (the presets and the fast mode come from another branch of issue 11).
 VARIANTS = (
@@ -486,6 +489,68 @@ def start(files: dict[str, Path], args: argparse.Namespace, rows: list[dict]) ->
 
 
 # --------------------------------------------------------------------------------------------------
+# torch.compile (section 7): fresh processes, so the inductor cache on disk is all that carries over
+# --------------------------------------------------------------------------------------------------
+
+COMPILE_CHILD = r"""
+import json, sys, time
+sys.path.insert(0, {root!r})
+import torch
+torch.set_num_threads({threads})
+from diffusers import UNet2DConditionModel
+from depth2img.compiled import CompiledUNet
+folder, latent, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet").eval()
+compiled = CompiledUNet(unet, torch.device("cpu"))
+x = torch.randn(2, unet.config.in_channels, latent, latent)  # (2, 5, L, L): one CFG call
+e = torch.randn(2, 77, unet.config.cross_attention_dim)
+def rss():
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmRSS:"))
+def call(model):
+    t = time.perf_counter()
+    model(x, torch.tensor(500), encoder_hidden_states=e, return_dict=False)
+    return time.perf_counter() - t
+with torch.no_grad():
+    call(unet)  # eager warm-up
+    before = rss()
+    first = call(compiled)
+    after = rss()
+    eager, fast = [], []
+    for _ in range(repeats):  # interleaved, so load changes hit both alike
+        eager.append(call(unet))
+        fast.append(call(compiled))
+print(json.dumps({{"first": first, "eager": eager, "compiled": fast, "rss_eager": before, "rss_compiled": after}}))
+"""
+
+
+def compile_section(files: dict[str, Path], args: argparse.Namespace, rows: list[dict]) -> None:
+    import shutil
+
+    cache = args.workdir / "inductor"
+    shutil.rmtree(cache, ignore_errors=True)
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache)}
+    latent = args.latents[0] if args.quick else 16
+    runs = []
+    for _ in range(2):  # 1st: empty cache (compiles); 2nd: a fresh process reading what the 1st left
+        out = subprocess.run([sys.executable, "-c", COMPILE_CHILD.format(root=str(ROOT), threads=args.threads),
+                              str(files["folder"]), str(latent), str(max(args.repeats, 2))], capture_output=True, text=True, env=env)
+        if out.returncode != 0:
+            raise RuntimeError(f"compile child failed:\n{out.stderr[-3000:]}")
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    eager = stats(runs[0]["eager"] + runs[1]["eager"])
+    for run, what in zip(runs, ("empty inductor cache (fresh process): compiles", "2nd fresh process, cache filled by the 1st")):
+        rows.append(row("7 compile", f"UNet first call, latent {latent}, {what}", stats([run["first"]]), eager, "s",
+                        note="diffusers col. = one eager call; ratio = the first call in eager calls"))
+    rows.append(row("7 compile", f"UNet CFG call (batch 2), latent {latent}: ours --compile vs eager (= diffusers' call)",
+                    stats(runs[0]["compiled"] + runs[1]["compiled"]), eager, "s",
+                    note="interleaved in both processes; same math, not bit-for-bit"))
+    rows.append(row("7 compile", "process RSS after the compiled UNet's first call vs before it (eager UNet loaded, warmed up)",
+                    stats([r["rss_compiled"] / 2**30 for r in runs]), stats([r["rss_eager"] / 2**30 for r in runs]), "GiB",
+                    note="freezing keeps a prepacked copy of the weights"))
+    shutil.rmtree(cache, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------
 # table
 # --------------------------------------------------------------------------------------------------
 
@@ -569,6 +634,8 @@ def main(argv: list[str] | None = None) -> None:
             memory(files, args, rows)
         if "start" in sections:
             start(files, args, rows)
+        if "compile" in sections:
+            compile_section(files, args, rows)
         if "variants" in sections:  # last: the longest (diffusers' defaults run 40 UNet steps)
             variants(pair, args, rows)
     finally:  # an interrupted run still leaves its table and JSON
