@@ -377,6 +377,14 @@ def vmhwm():
             return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
+def vmrss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+RSS = {{}}
+
 def image():
     from PIL import Image
     from skimage import data
@@ -420,9 +428,12 @@ def load_and_step():
             if type(e).__name__ != "GenerationCancelled":
                 raise
         return first[0] - t
-    elif what == "ours-generate":
+    elif what in ("ours-generate", "ours-generate-lowmem"):
         from depth2img import load_pipeline
-        load_pipeline(path).generate(image=image(), prompt="a statue", steps=int(extra), seed=0)
+        pipe = load_pipeline(path, low_memory=what.endswith("lowmem"))
+        RSS["after_load"] = vmrss()
+        pipe.generate(image=image(), prompt="a statue", steps=int(extra), seed=0)
+        RSS["after_generate"] = vmrss()  # the pipeline still loaded: the steady state between requests
     elif what == "diffusers-generate":
         from diffusers import StableDiffusionDepth2ImgPipeline
         pipe = StableDiffusionDepth2ImgPipeline.from_pretrained(path, local_files_only=True)
@@ -433,7 +444,7 @@ def load_and_step():
 cold = load_and_step()
 first_total = time.perf_counter() - T0
 warm = load_and_step() if what.endswith(("-unet", "-all")) else None
-print(json.dumps({{"cold": cold, "warm": warm, "process_to_first_step": first_total, "vmhwm": vmhwm()}}))
+print(json.dumps({{"cold": cold, "warm": warm, "process_to_first_step": first_total, "vmhwm": vmhwm(), "rss": RSS}}))
 """
 
 
@@ -447,15 +458,25 @@ def child(what: str, path: Path, extra: str, size: int, threads: int) -> dict:
 
 def memory(files: dict[str, Path], args: argparse.Namespace, rows: list[dict]) -> None:
     steps = str(args.steps)
-    ours, ref, single = [], [], []
+    ours, ref, single, low = [], [], [], []
     for _ in range(args.repeats):
-        ours.append(child("ours-generate", files["folder"], steps, args.size, args.threads)["vmhwm"] / 2**30)
+        ours.append(child("ours-generate", files["folder"], steps, args.size, args.threads))
         ref.append(child("diffusers-generate", files["folder"], steps, args.size, args.threads)["vmhwm"] / 2**30)
+        low.append(child("ours-generate-lowmem", files["folder"], steps, args.size, args.threads))
     single.append(child("ours-generate", files["safetensors"], steps, args.size, args.threads)["vmhwm"] / 2**30)
     note = f"fresh process: load the diffusers folder + generate {args.size}px, {steps} steps; VmHWM"
-    rows.append(row("3 memory", "peak RSS, load + generate (diffusers folder)", stats(ours), stats(ref), "GiB", note=note))
+    peak = lambda runs: stats([r["vmhwm"] / 2**30 for r in runs])  # noqa: E731
+    after = lambda runs, key: stats([r["rss"][key] / 2**30 for r in runs])  # noqa: E731
+    rows.append(row("3 memory", "peak RSS, load + generate (diffusers folder)", peak(ours), stats(ref), "GiB", note=note))
     rows.append(row("3 memory", "peak RSS, ours from the single .safetensors", stats(single), stats(ref), "GiB",
                     note="same generation, loaded from the original-layout file"))
+    rows.append(row("3 memory", "peak RSS, ours --low-memory (diffusers folder)", peak(low), stats(ref), "GiB",
+                    note="text encoder and DPT released after load and after each use, restored from a spill file (lowmem.py)"))
+    rows.append(row("3 memory", "RSS after load, ours --low-memory (ours col.) vs default (diffusers col.)",
+                    after(low, "after_load"), after(ours, "after_load"), "GiB", note="VmRSS, pipeline loaded, before generating"))
+    rows.append(row("3 memory", "RSS after generate, ours --low-memory (ours col.) vs default (diffusers col.)",
+                    after(low, "after_generate"), after(ours, "after_generate"), "GiB",
+                    note="VmRSS with the pipeline still loaded: the steady state between requests"))
 
 
 def start(files: dict[str, Path], args: argparse.Namespace, rows: list[dict]) -> None:
