@@ -17,7 +17,7 @@ from ..request import GenerationRequest, flag
 from .generate import GENERATE_FIELDS
 from .handling import err, one_line_errors, say, warn
 from .loading import load
-from .options import (DepthModelOpt, DeviceOpt, DtypeOpt, ExecutorOpt, GpusPerWorkerOpt, MaxFailuresOpt, ModelOpt,
+from .options import (DepthModelOpt, DeviceOpt, DtypeOpt, ExecutorOpt, LowMemoryOpt, GpusPerWorkerOpt, MaxFailuresOpt, ModelOpt,
                       RayAddressOpt, WorkersOpt, decode_inputs, executor_for, request_options, to_request_fields)
 
 BATCH_FIELDS = tuple(name for name in GENERATE_FIELDS if name != "image")
@@ -38,6 +38,7 @@ def batch(
     depth_model: DepthModelOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
+    low_memory: LowMemoryOpt = False,
     executor: ExecutorOpt = "local",
     ray_address: RayAddressOpt = None,
     workers: WorkersOpt = None,
@@ -67,8 +68,11 @@ def batch(
     targets = [p for item in inputs for p in output_paths(output, item, request_fields.get("batch_size", 1), ext)]
     check_targets([Target("--output", tuple(targets))])
     request = GenerationRequest(**{**decode_inputs(request_fields), "image": None}).replace(**stand_in)
-    options, runner = executor_for(executor, ray_address, workers, gpus_per_worker, max_failures,
-                                   lambda: load(model, device, dtype, depth_model), model, device, dtype, depth_model)
+    def load_pipe() -> Any:  # the one local load (the executor's; a remote worker gets the same options in a ModelSpec)
+        return load(model, device, dtype, depth_model, None, low_memory)
+
+    options, runner = executor_for(executor, ray_address, workers, gpus_per_worker, max_failures, load_pipe, model,
+                                   device, dtype, depth_model, low_memory)
 
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -82,9 +86,10 @@ def batch(
 
         try:
             summary = run_batch(
-                lambda: load(model, device, dtype, depth_model), request, inputs, output, depth_dir=depth_dir,
+                load_pipe, request, inputs, output, depth_dir=depth_dir,
                 mask_dir=mask_dir, resume=resume, same_seed=same_seed, suffix=ext,
-                settings={"model": model, "depth_model": depth_model, "device": device, "dtype": dtype}, on_item=on_item,
+                settings={"model": model, "depth_model": depth_model, "device": device, "dtype": dtype,
+                          **({"low_memory": True} if low_memory else {})}, on_item=on_item,  # VAE tiling: other pixels
                 executor=runner, max_failures=options.max_failures,
             )
         finally:

@@ -17,7 +17,7 @@ from ..request import GenerationRequest, flag
 from .generate import GENERATE_FIELDS
 from .handling import err, one_line_errors, say, warn
 from .loading import load
-from .options import (DepthModelOpt, DeviceOpt, DtypeOpt, ExecutorOpt, GpusPerWorkerOpt, ModelOpt, RayAddressOpt, WorkersOpt,
+from .options import (DepthModelOpt, DeviceOpt, DtypeOpt, ExecutorOpt, LowMemoryOpt, GpusPerWorkerOpt, ModelOpt, RayAddressOpt, WorkersOpt,
                       decode_inputs, executor_for, request_options, to_request_fields)
 
 VIDEO_FIELDS = tuple(name for name in GENERATE_FIELDS if name != "image")
@@ -43,6 +43,7 @@ def video(
     depth_model: DepthModelOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
+    low_memory: LowMemoryOpt = False,
     executor: ExecutorOpt = "local",
     ray_address: RayAddressOpt = None,
     workers: WorkersOpt = None,
@@ -82,11 +83,12 @@ def video(
         depth_frames = [Path(request_fields["depth_map"])] * len(clip.frames)
     request = GenerationRequest(**{**decode_inputs(request_fields), **stand_in})
 
-    _, runner = executor_for(executor, ray_address, workers, gpus_per_worker, None, lambda: pipe, model, device, dtype, depth_model)
+    _, runner = executor_for(executor, ray_address, workers, gpus_per_worker, None, lambda: pipe, model, device, dtype, depth_model,
+                             low_memory)
     if executor == "ray" and (options.temporal == "fusion" or options.color_coherence):
         warn([f"--temporal {options.temporal}{' with --color-coherence' if options.color_coherence else ''}: every "
               "frame needs the one before, so the frames render in order in this process, not on Ray"])
-    pipe = load(model, device, dtype, depth_model)
+    pipe = load(model, device, dtype, depth_model, None, low_memory)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(TextColumn("frames"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
@@ -95,7 +97,8 @@ def video(
         try:
             rendered = render_frames(
                 pipe, request, clip.frames if clip else None, frames_dir, options, depth_frames=depth_frames, resume=resume,
-                settings={"model": model, "depth_model": depth_model, "device": device, "dtype": dtype},
+                settings={"model": model, "depth_model": depth_model, "device": device, "dtype": dtype,
+                          **({"low_memory": True} if low_memory else {})},  # VAE tiling changes big frames' pixels
                 on_frame=lambda t, n, status: progress.update(task, total=n, advance=1),
                 executor=runner if executor == "ray" else None,
             )

@@ -46,13 +46,14 @@ class ModelSpec:
     device: str = "cpu"
     dtype: str = "float32"
     depth_model: str | None = None
+    low_memory: bool = False  # --low-memory (lowmem.py): a load option, so every worker loads the same way
 
     def load(self) -> Any:
         from ..cli.loading import checkpoint_cache
         from ..pipeline import load_pipeline
 
         return load_pipeline(self.model, device=self.device, dtype=self.dtype, depth_model=self.depth_model,
-                             cache_dir=checkpoint_cache())
+                             cache_dir=checkpoint_cache(), low_memory=self.low_memory)
 
 
 class Executor(Protocol):
