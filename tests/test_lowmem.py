@@ -72,7 +72,9 @@ def test_tiled_1024_decode_is_close_to_the_untiled_decode_seams_included(pipes):
 
 def test_low_memory_generation_equals_normal(pipes):
     normal, low = pipes
-    image = photo("astronaut", (64, 64))  # below one tile: tiling does not apply, slicing decodes one by one
+    # 32 px = one tile of the tiny VAE (sample_size 32): tiling does not apply, slicing decodes one by one. (It was
+    # 64 px, which is tiled: the test passed only after the 1024-px test above had enlarged the module-scoped tiles.)
+    image = photo("astronaut", (32, 32))
     fields = dict(prompt="a statue", image=image, seed=5, steps=4, batch_size=2, scheduler="ddim")
     a = normal.generate(**fields)
     b = low.generate(**fields)
