@@ -237,3 +237,22 @@ def test_serve_batch_and_video_pass_low_memory_to_every_model_load(tmp_path, mon
     assert loads and all(a[-1] is True for a in loads), loads
     assert ModelSpec("tiny", low_memory=True).load().releaser is not None
     assert ModelSpec("tiny").load().releaser is None
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path("/proc/self/maps").exists(), reason="needs Linux /proc")
+def test_a_restore_maps_the_spill_file_and_a_release_unmaps_it():
+    from pathlib import Path
+
+    from tests.test_load_weights import _mapped_ranges
+
+    low = Pipeline(tiny_components(depth=True, vae_scale_factor=8), low_memory=True)
+    spill = low.releaser._spill_of(low.text_encoder).path.resolve()
+    assert not _mapped_ranges(spill)
+    with held(low, low.text_encoder):
+        ranges = _mapped_ranges(Path(spill))
+        assert ranges, "the spill file is not memory-mapped"
+        for name, p in low.text_encoder.named_parameters():  # no copy: every tensor is a page of the file
+            ptr = p.untyped_storage().data_ptr()
+            assert any(lo <= ptr < hi for lo, hi in ranges), name
+        del p  # the test's own reference would keep the mapping alive
+    assert not _mapped_ranges(spill)  # released: the mapping is gone, its pages leave the process
