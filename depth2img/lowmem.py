@@ -13,7 +13,9 @@
   project's validated, memory-mapped loader (``models.safe_load.load_safetensors``: zero copy, the
   tensors are the file's pages), and released again right after. Freed memory really returns to the
   OS: dropping the last tensor of the file unmaps it. So the text encoder and the depth estimator are
-  never resident at the same time, and neither is resident while the UNet denoises.
+  never resident at the same time, and neither is resident while the UNet denoises (from the second
+  request on, the UNet's mapped pages are still resident while the text encoder runs: that peak is
+  UNet + VAE + text encoder; docs/performance.md §3, run D).
   With the exact-mode caches (caches.py) a repeated prompt or photo restores nothing at all.
 
 Gap filled: accelerate's ``cpu_offload``/``disk_offload`` hooks move weights between devices or read an
