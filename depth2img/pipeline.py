@@ -39,6 +39,7 @@ from .depth import (
 from .devices import depth_device, parse_device, parse_dtype
 from .fast import Autocast, DeepCacheUNet, SkipUncondDenoiser, low_precision_dtype, native_low_precision, resolve_fast, sigma_of
 from .lowmem import enable_low_memory, held, on_device
+from .compiled import CompiledUNet
 from .errors import GenerationCancelled, InvalidRequestError, NonFiniteOutputError
 from .images import floor_to_multiple, load_image, resize_image
 from .infotext import build_infotext
@@ -106,7 +107,7 @@ class Pipeline:
     """
 
     def __init__(self, components: Components, *, device: torch.device | str | None = None, dtype: Any = None,
-                 low_memory: bool = False):
+                 low_memory: bool = False, compile: bool = False):
         check_components(components)
         self.backend: Backend = select_backend(components)
         self.device, self.dtype = parse_device(device), parse_dtype(dtype)
@@ -135,6 +136,8 @@ class Pipeline:
         # CPU; on CPU/MPS they are released (meta tensors) and restored from a spill file only while they run.
         self.low_memory = low_memory
         self.releaser = enable_low_memory(self) if low_memory else None
+        # compile (compiled.py): the UNet through torch.compile; self.unet stays the eager module.
+        self.compiled_unet = CompiledUNet(self.unet, self.device) if compile else None
         self.text_cache = LRUCache(32)  # (1, 77·chunks, D) per text; the negative/unconditional one included
         self.depth_cache = LRUCache(8)  # (1, h, w) raw estimate per image content + estimator
 
@@ -244,7 +247,7 @@ class Pipeline:
         depth_cond = None if depth is None else depth.normalized.to(self.device, self.dtype).repeat(batch, 1, 1, 1)
         end_timestep = depth_end_timestep(timesteps, request.depth_end)
         #    The fast-mode knobs (fast.py) wrap the same calls; each is off unless asked for.
-        base = self.unet if request.deepcache_interval == 1 else DeepCacheUNet(self.unet, request.deepcache_interval)
+        base = self.unet_for(plan)
         unet = self.backend.denoiser(base, depth_cond, request, end_timestep, timesteps=timesteps)
         model: Any = CFGDenoiser(unet, cond, uncond, request.guidance_scale)
         if request.uncond_sigma > 0:
@@ -265,9 +268,22 @@ class Pipeline:
 
         # 6. Decode, refusing to return NaN/black images; inpainting puts the original back where kept.
         images = self.decode(latents, notes)
+        if self.compiled_unet is not None:
+            notes.extend(self.compiled_unet.take_notes())
         if job is not None:
             images = [job.composite(picture) for picture in images]
         return self._result(plan, images, depth, notes)
+
+    def unet_for(self, plan: Plan) -> Any:
+        """The UNet this run calls: DeepCache's wrapper, else the compiled UNet (load option ``compile``), else
+        the eager one. DeepCache and LoRA change the module between calls, which a compiled graph must not
+        see (compiled.py), so their runs take the eager UNet."""
+        request = plan.request
+        if request.deepcache_interval > 1:
+            return DeepCacheUNet(self.unet, request.deepcache_interval)
+        if self.compiled_unet is not None and not plan.loras:
+            return self.compiled_unet
+        return self.unet
 
     def _result(self, plan: Plan, images: list[Image.Image], depth: DepthMaps | None, notes: list[str]) -> Result:
         own = plan.user_depth is not None if plan.own_depth is None else plan.own_depth
@@ -540,6 +556,7 @@ def load_pipeline(
     embeddings_dir: str | Path | None = None,
     lora_dir: str | Path | None = None,
     low_memory: bool = False,
+    compile: bool = False,
 ) -> Pipeline:
     """Load ``model`` (built-in name, diffusers folder, checkpoint file, hub id, or Components).
 
@@ -552,6 +569,8 @@ def load_pipeline(
     ``lora_dir`` holds LoRA files for ``<lora:name:weight>`` and ``request.loras`` (prompts.lora).
     ``low_memory``: VAE tiling and slicing, and the text encoder(s) and depth estimator kept out of the way
     between uses: on CUDA on the CPU, on CPU/MPS released and restored from a temporary spill file (lowmem.py).
+    ``compile``: run the UNet through ``torch.compile`` (compiled.py); the first image of each size pays
+    the compile, reported as a note on its Result.
     """
     from .models.registry import load_components
 
@@ -559,7 +578,7 @@ def load_pipeline(
     components = model if isinstance(model, Components) else load_components(
         model, dtype=parsed, depth_model=depth_model, cache_dir=cache_dir, controlnet=controlnet
     )
-    pipe = Pipeline(components, device=device, dtype=parsed, low_memory=low_memory)
+    pipe = Pipeline(components, device=device, dtype=parsed, low_memory=low_memory, compile=compile)
     pipe.styles = load_styles(styles_file) if styles_file is not None else None
     if embeddings_dir is not None:
         set_embeddings(pipe, embeddings_dir)

@@ -32,7 +32,7 @@ def shared_model(tiny_pipe, monkeypatch):
     """The CLI's loader hands out the session's tiny model (loading it per run costs seconds); each
     load is counted, so a test can check the model loads once per batch."""
     LOADS.clear()
-    monkeypatch.setattr("depth2img.cli.batch.load", lambda model, *a: LOADS.append(model) or tiny_pipe)
+    monkeypatch.setattr("depth2img.cli.batch.load", lambda model, *a, **k: LOADS.append(model) or tiny_pipe)
 
 
 @pytest.fixture()

@@ -229,12 +229,12 @@ def test_serve_batch_and_video_pass_low_memory_to_every_model_load(tmp_path, mon
     # batch/video: the local load and the workers' ModelSpec
     loads = []
     tiny = Pipeline(tiny_components(depth=True, vae_scale_factor=8))
-    monkeypatch.setattr("depth2img.cli.batch.load", lambda *a: loads.append(a) or tiny)
+    monkeypatch.setattr("depth2img.cli.batch.load", lambda *a, **k: loads.append(k) or tiny)
     (tmp_path / "in").mkdir()
     photo("astronaut", (64, 64)).save(tmp_path / "in" / "a.png")
     CliRunner().invoke(app, ["batch", "--model", "tiny", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"),
                              "--low-memory", "--steps", "2"])
-    assert loads and all(a[-1] is True for a in loads), loads
+    assert loads and all(k.get("low_memory") is True for k in loads), loads
     assert ModelSpec("tiny", low_memory=True).load().releaser is not None
     assert ModelSpec("tiny").load().releaser is None
 

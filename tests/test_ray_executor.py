@@ -84,7 +84,7 @@ def records(out):
 
 
 def test_ray_and_local_give_the_same_files_pixels_and_manifest(cli_pool, tiny_pipe, tmp_path, monkeypatch):
-    monkeypatch.setattr("depth2img.cli.batch.load", lambda *a: tiny_pipe)
+    monkeypatch.setattr("depth2img.cli.batch.load", lambda *a, **k: tiny_pipe)
     folder = tmp_path / "in"
     names = make_folder(folder, 6)
     (folder / "broken.png").write_bytes((folder / "img000.png").read_bytes()[:200])  # a bad input is a bad input on both
@@ -132,7 +132,7 @@ def test_video_frames_render_in_parallel_on_ray_with_the_local_pixels(cli_pool, 
     the driver's depth pass); the frames equal the local executor's within 1/255."""
     from .test_video import pan_clip, save_frames
 
-    monkeypatch.setattr("depth2img.cli.video.load", lambda *a: tiny_pipe)
+    monkeypatch.setattr("depth2img.cli.video.load", lambda *a, **k: tiny_pipe)
     frames = save_frames(pan_clip(3), tmp_path / "frames")
     common = ["video", "--model", "tiny", "--input", str(frames[0].parent), "--prompt", "x", "--steps", "2",
               "--strength", "1", "--seed", "1", "--temporal", "fixed-noise"]

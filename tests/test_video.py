@@ -243,7 +243,7 @@ def test_color_coherence_matches_lab_histograms_to_the_first_frame():
 
 
 def test_video_command_resumes_after_a_kill_byte_identical(tiny_pipe, tmp_path, monkeypatch):
-    monkeypatch.setattr("depth2img.cli.video.load", lambda *a: tiny_pipe)
+    monkeypatch.setattr("depth2img.cli.video.load", lambda *a, **k: tiny_pipe)
     src = write_clip(tmp_path / "src.mp4", pan_clip(5), Fraction(12), audio_seconds=0.5)
     args = ["video", "--model", "tiny", "--input", str(src), "--prompt", "a painting", "--steps", "3", "--strength", "1",
             "--seed", "5", "--temporal", "fusion", "--color-coherence"]
@@ -277,7 +277,7 @@ def test_video_command_resumes_after_a_kill_byte_identical(tiny_pipe, tmp_path, 
 
 
 def test_one_depth_map_for_every_frame_and_a_depth_only_video(tiny_pipe, tmp_path, monkeypatch):
-    monkeypatch.setattr("depth2img.cli.video.load", lambda *a: tiny_pipe)
+    monkeypatch.setattr("depth2img.cli.video.load", lambda *a, **k: tiny_pipe)
     ramp = np.tile(np.linspace(0, 65535, SIZE, dtype=np.uint16), (SIZE, 1))
     Image.fromarray(ramp).save(tmp_path / "depth.png")
     frames = save_frames(pan_clip(3), tmp_path / "frames")

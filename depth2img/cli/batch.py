@@ -13,12 +13,13 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from ..executors.base import ModelSpec
 from ..request import GenerationRequest, flag
 from .generate import GENERATE_FIELDS
 from .handling import err, one_line_errors, say, warn
 from .loading import load
-from .options import (DepthModelOpt, DeviceOpt, DtypeOpt, ExecutorOpt, LowMemoryOpt, GpusPerWorkerOpt, MaxFailuresOpt, ModelOpt,
-                      RayAddressOpt, WorkersOpt, decode_inputs, executor_for, request_options, to_request_fields)
+from .options import (CompileOpt, DepthModelOpt, DeviceOpt, DtypeOpt, ExecutorOpt, GpusPerWorkerOpt, LowMemoryOpt,
+                      MaxFailuresOpt, ModelOpt, RayAddressOpt, WorkersOpt, decode_inputs, executor_for, request_options, to_request_fields)
 
 BATCH_FIELDS = tuple(name for name in GENERATE_FIELDS if name != "image")
 PLACEHOLDER = "(each input)"
@@ -38,6 +39,7 @@ def batch(
     depth_model: DepthModelOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
+    compile: CompileOpt = False,
     low_memory: LowMemoryOpt = False,
     executor: ExecutorOpt = "local",
     ray_address: RayAddressOpt = None,
@@ -68,11 +70,12 @@ def batch(
     targets = [p for item in inputs for p in output_paths(output, item, request_fields.get("batch_size", 1), ext)]
     check_targets([Target("--output", tuple(targets))])
     request = GenerationRequest(**{**decode_inputs(request_fields), "image": None}).replace(**stand_in)
-    def load_pipe() -> Any:  # the one local load (the executor's; a remote worker gets the same options in a ModelSpec)
-        return load(model, device, dtype, depth_model, None, low_memory)
+    spec = ModelSpec(model, device, dtype, depth_model, compile=compile, low_memory=low_memory)  # the load options, once
 
-    options, runner = executor_for(executor, ray_address, workers, gpus_per_worker, max_failures, load_pipe, model,
-                                   device, dtype, depth_model, low_memory)
+    def load_pipe() -> Any:  # the local load; remote workers load ``spec`` themselves
+        return load(spec.model, spec.device, spec.dtype, spec.depth_model, low_memory=spec.low_memory, compile=spec.compile)
+
+    options, runner = executor_for(executor, ray_address, workers, gpus_per_worker, max_failures, load_pipe, spec)
 
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

@@ -17,8 +17,15 @@ def checkpoint_cache() -> Path | None:
     return Path.home() / ".cache" / "depth2img" / "checkpoints"
 
 
+def use_inductor_cache() -> Path:
+    """Point torch.compile's kernel cache at ~/.cache/depth2img/inductor unless $TORCHINDUCTOR_CACHE_DIR says
+    where: an environment variable, so process-wide, so set only by the CLI (or a worker process it owns)."""
+    folder = os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "depth2img" / "inductor"))
+    return Path(folder)
+
+
 def load(model: str, device: str, dtype: str, depth_model: str | None, controlnet: str | None = None,
-         low_memory: bool = False, threads: int | None = None) -> Any:
+         low_memory: bool = False, threads: int | None = None, compile: bool = False) -> Any:
     """``load_pipeline`` behind one spinner instead of the libraries' per-component progress bars.
 
     ``threads``: torch's intra-op thread count, a process-wide setting, so only the CLI (which owns its
@@ -30,13 +37,15 @@ def load(model: str, device: str, dtype: str, depth_model: str | None, controlne
 
     if threads is not None:
         torch.set_num_threads(threads)
+    if compile:
+        use_inductor_cache()
     from ..pipeline import load_pipeline
 
     diffusers.utils.logging.disable_progress_bar()  # CLI-only setting: this process is the CLI
     transformers.utils.logging.disable_progress_bar()
     with err.status(f"loading {model}...", spinner="dots"):
         return load_pipeline(model, device=device, dtype=dtype, depth_model=depth_model, cache_dir=checkpoint_cache(),
-                             controlnet=controlnet, low_memory=low_memory)
+                             controlnet=controlnet, low_memory=low_memory, compile=compile)
 
 
 def run_with_progress(pipe: Any, request: Any) -> Any:

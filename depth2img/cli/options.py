@@ -57,6 +57,10 @@ DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, float16 or bflo
 LowMemoryOpt = Annotated[bool, typer.Option("--low-memory", help="VAE tiling and slicing (1024-2048 px decodes fit); "
                                             "the text encoder and depth estimator are kept out of memory between uses "
                                             "(CUDA: on the CPU; CPU/MPS: released, restored from a temporary file).")]
+CompileOpt = Annotated[bool, typer.Option(
+    "--compile", help="Run the UNet through torch.compile (same math, not bit-for-bit): the first picture of each size "
+    "compiles first (minutes on a CPU; seconds later from the cache in ~/.cache/depth2img/inductor, or "
+    "$TORCHINDUCTOR_CACHE_DIR). Runs with DeepCache or a LoRA use the plain UNet.")]
 ThreadsOpt = Annotated[
     Optional[int],
     typer.Option("--threads", min=1, help="CPU threads for torch in this process (default: torch's, one per core)."),
@@ -68,14 +72,13 @@ from ..executors.options import (ExecutorOpt, GpusPerWorkerOpt, MaxFailuresOpt, 
 
 
 def executor_for(executor: str, ray_address: str | None, workers: int | None, gpus_per_worker: float,
-                 max_failures: int | None, load_pipe: Callable[[], Any], model: str, device: str, dtype: str,
-                 depth_model: str | None, low_memory: bool = False) -> tuple[Any, Any]:
+                 max_failures: int | None, load_pipe: Callable[[], Any], spec: Any) -> tuple[Any, Any]:
     """The checked :class:`ExecutorOptions` and the executor they name (the local one loads with ``load_pipe``,
-    a remote worker with the same load options in a :class:`ModelSpec`)."""
-    from ..executors.base import ExecutorOptions, ModelSpec, make_executor
+    remote workers load the :class:`~depth2img.executors.base.ModelSpec` ``spec`` themselves)."""
+    from ..executors.base import ExecutorOptions, make_executor
 
     options = ExecutorOptions(executor, ray_address, workers, gpus_per_worker, max_failures).check()
-    return options, make_executor(options, load_pipe, ModelSpec(model, device, dtype, depth_model, low_memory))
+    return options, make_executor(options, load_pipe, spec)
 
 
 def _help(spec: Param, default: Any) -> str:
