@@ -380,6 +380,14 @@ def vmhwm():
             return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
+def vmrss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+RSS = {{}}
+
 def image():
     from PIL import Image
     from skimage import data
@@ -423,20 +431,28 @@ def load_and_step():
             if type(e).__name__ != "GenerationCancelled":
                 raise
         return first[0] - t
-    elif what == "ours-generate":
+    elif what in ("ours-generate", "ours-generate-lowmem"):
         from depth2img import load_pipeline
-        load_pipeline(path).generate(image=image(), prompt="a statue", steps=int(extra), seed=0)
+        pipe = load_pipeline(path, low_memory=what.endswith("lowmem"))
+        RSS["after_load"] = vmrss()
+        pipe.generate(image=image(), prompt="a statue", steps=int(extra), seed=0)
+        RSS["after_generate"], RSS["peak_first"] = vmrss(), vmhwm()  # pipeline loaded: the state between requests
+        # a 2nd request, new prompt and photo: every module runs again while the UNet's pages are resident
+        pipe.generate(image=image().transpose(0), prompt="a house", steps=int(extra), seed=1)
+        RSS["after_second"] = vmrss()
     elif what == "diffusers-generate":
         from diffusers import StableDiffusionDepth2ImgPipeline
         pipe = StableDiffusionDepth2ImgPipeline.from_pretrained(path, local_files_only=True)
         pipe.set_progress_bar_config(disable=True)
         pipe(image=image(), prompt="a statue", num_inference_steps=int(extra), generator=torch.Generator().manual_seed(0))
+        RSS["peak_first"] = vmhwm()
+        pipe(image=image().transpose(0), prompt="a house", num_inference_steps=int(extra), generator=torch.Generator().manual_seed(1))
     return time.perf_counter() - t
 
 cold = load_and_step()
 first_total = time.perf_counter() - T0
 warm = load_and_step() if what.endswith(("-unet", "-all")) else None
-print(json.dumps({{"cold": cold, "warm": warm, "process_to_first_step": first_total, "vmhwm": vmhwm()}}))
+print(json.dumps({{"cold": cold, "warm": warm, "process_to_first_step": first_total, "vmhwm": vmhwm(), "rss": RSS}}))
 """
 
 
@@ -450,15 +466,31 @@ def child(what: str, path: Path, extra: str, size: int, threads: int) -> dict:
 
 def memory(files: dict[str, Path], args: argparse.Namespace, rows: list[dict]) -> None:
     steps = str(args.steps)
-    ours, ref, single = [], [], []
+    ours, ref, single, low = [], [], [], []
     for _ in range(args.repeats):
-        ours.append(child("ours-generate", files["folder"], steps, args.size, args.threads)["vmhwm"] / 2**30)
-        ref.append(child("diffusers-generate", files["folder"], steps, args.size, args.threads)["vmhwm"] / 2**30)
-    single.append(child("ours-generate", files["safetensors"], steps, args.size, args.threads)["vmhwm"] / 2**30)
+        ours.append(child("ours-generate", files["folder"], steps, args.size, args.threads))
+        ref.append(child("diffusers-generate", files["folder"], steps, args.size, args.threads))
+        low.append(child("ours-generate-lowmem", files["folder"], steps, args.size, args.threads))
+    single.append(child("ours-generate", files["safetensors"], steps, args.size, args.threads))
+    first = lambda runs: stats([r["rss"]["peak_first"] / 2**30 for r in runs])  # noqa: E731
+    peak = lambda runs: stats([r["vmhwm"] / 2**30 for r in runs])  # noqa: E731
+    after = lambda runs, key: stats([r["rss"][key] / 2**30 for r in runs])  # noqa: E731
     note = f"fresh process: load the diffusers folder + generate {args.size}px, {steps} steps; VmHWM"
-    rows.append(row("3 memory", "peak RSS, load + generate (diffusers folder)", stats(ours), stats(ref), "GiB", note=note))
-    rows.append(row("3 memory", "peak RSS, ours from the single .safetensors", stats(single), stats(ref), "GiB",
+    rows.append(row("3 memory", "peak RSS, load + generate (diffusers folder)", first(ours), first(ref), "GiB", note=note))
+    rows.append(row("3 memory", "peak RSS, ours from the single .safetensors", first(single), first(ref), "GiB",
                     note="same generation, loaded from the original-layout file"))
+    rows.append(row("3 memory", "peak RSS, ours --low-memory (diffusers folder)", first(low), first(ref), "GiB",
+                    note="text encoder and DPT released after load and after each use, restored from a spill file (lowmem.py)"))
+    note2 = "the same process then generates again with a new prompt and photo; VmHWM over both"
+    rows.append(row("3 memory", "peak RSS over 2 requests (diffusers folder)", peak(ours), peak(ref), "GiB", note=note2))
+    rows.append(row("3 memory", "peak RSS over 2 requests, ours --low-memory", peak(low), peak(ref), "GiB", note=note2))
+    rows.append(row("3 memory", "RSS after load, ours --low-memory (ours col.) vs default (diffusers col.)",
+                    after(low, "after_load"), after(ours, "after_load"), "GiB", note="VmRSS, pipeline loaded, before generating"))
+    rows.append(row("3 memory", "RSS after generate, ours --low-memory (ours col.) vs default (diffusers col.)",
+                    after(low, "after_generate"), after(ours, "after_generate"), "GiB",
+                    note="VmRSS with the pipeline still loaded: the steady state between requests"))
+    rows.append(row("3 memory", "RSS after the 2nd request, ours --low-memory (ours col.) vs default (diffusers col.)",
+                    after(low, "after_second"), after(ours, "after_second"), "GiB", note="VmRSS"))
 
 
 def start(files: dict[str, Path], args: argparse.Namespace, rows: list[dict]) -> None:

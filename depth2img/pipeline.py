@@ -38,7 +38,7 @@ from .depth import (
 )
 from .devices import depth_device, parse_device, parse_dtype
 from .fast import Autocast, DeepCacheUNet, SkipUncondDenoiser, low_precision_dtype, native_low_precision, resolve_fast, sigma_of
-from .lowmem import enable_low_memory, on_device
+from .lowmem import enable_low_memory, held, on_device
 from .compiled import CompiledUNet
 from .errors import GenerationCancelled, InvalidRequestError, NonFiniteOutputError
 from .images import floor_to_multiple, load_image, resize_image
@@ -132,10 +132,10 @@ class Pipeline:
         self.styles: dict[str, Any] | None = None  # A1111 styles.csv (prompts.styles), for request.styles
         # Exact-mode caches of this pipeline (caches.py): prompt embeddings and raw depth estimates, keyed on
         # everything that changes them. Replace with LRUCache(0) to turn one off.
-        # low_memory (lowmem.py): VAE tiling + slicing; on CUDA the text encoder and depth estimator wait on the CPU.
+        # low_memory (lowmem.py): VAE tiling + slicing; on CUDA the text encoder(s) and depth estimator wait on the
+        # CPU; on CPU/MPS they are released (meta tensors) and restored from a spill file only while they run.
         self.low_memory = low_memory
-        if low_memory:
-            enable_low_memory(self)
+        self.releaser = enable_low_memory(self) if low_memory else None
         # compile (compiled.py): the UNet through torch.compile; self.unet stays the eager module.
         self.compiled_unet = CompiledUNet(self.unet, self.device) if compile else None
         self.text_cache = LRUCache(32)  # (1, 77·chunks, D) per text; the negative/unconditional one included
@@ -195,8 +195,8 @@ class Pipeline:
             return self._run(plan, callback=callback)
         from .prompts.lora import applied
 
-        with applied(self.unet, self.text_encoder, plan.loras):
-            return self._run(plan, callback=callback)
+        with held(self, self.text_encoder), applied(self.unet, self.text_encoder, plan.loras):  # low memory: restored
+            return self._run(plan, callback=callback)  # before peft injects its layers, released after they are gone
 
     def _run(self, plan: Plan, *, callback: Callback | None = None) -> Result:
         """Steps 1-6 of a generation, top to bottom, for a :meth:`plan`."""
@@ -355,10 +355,11 @@ class Pipeline:
         notes = [] if notes is None else notes
         if self.text_encoder_2 is not None:  # SDXL: two encoders, pooled embeddings (backends/sdxl_text.py)
             return encode_sdxl_prompt(self, prompt, negative_prompt, batch, guidance)
-        text = self._cached_text(prompt, "prompt", notes, loras)
-        negative = self._cached_text(negative_prompt, "negative prompt", notes, loras) if guidance else None
-        if negative is not None and negative.shape[1] != text.shape[1]:  # A1111 chunks: pad with the empty prompt
-            text, negative = weighting.pad_to_same_length(text, negative, self._cached_text("", "", [], loras))
+        with held(self, self.text_encoder, lazy=True):  # low memory: restored at most once, by the first cache miss
+            text = self._cached_text(prompt, "prompt", notes, loras)
+            negative = self._cached_text(negative_prompt, "negative prompt", notes, loras) if guidance else None
+            if negative is not None and negative.shape[1] != text.shape[1]:  # A1111 chunks: pad with the empty prompt
+                text, negative = weighting.pad_to_same_length(text, negative, self._cached_text("", "", [], loras))
         cond = Conditioning(text).repeat(batch)
         uncond = Conditioning(negative).repeat(batch) if negative is not None else None
         return cond, uncond
@@ -518,8 +519,9 @@ def encode_sdxl_prompt(pipe: Pipeline, prompt: str, negative: str, batch: int, g
     from .backends.sdxl_text import encode_sdxl_text
 
     def encode(text: str) -> Conditioning:
-        return encode_sdxl_text([pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder, pipe.text_encoder_2], text,
-                                pipe.device, pipe.dtype).repeat(batch)
+        with on_device(pipe, pipe.text_encoder, pipe.device), on_device(pipe, pipe.text_encoder_2, pipe.device):
+            return encode_sdxl_text([pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder, pipe.text_encoder_2], text,
+                                    pipe.device, pipe.dtype).repeat(batch)
 
     return encode(prompt), encode(negative) if guidance else None
 
@@ -565,8 +567,8 @@ def load_pipeline(
     ``controlnet`` (built-in name, folder or single file) puts the depth through a ControlNet.
     ``embeddings_dir`` holds textual-inversion files a prompt uses by file name (prompts.embeddings).
     ``lora_dir`` holds LoRA files for ``<lora:name:weight>`` and ``request.loras`` (prompts.lora).
-    ``low_memory``: VAE tiling and slicing, and on CUDA the text encoder and depth estimator kept on the
-    CPU between uses (lowmem.py).
+    ``low_memory``: VAE tiling and slicing, and the text encoder(s) and depth estimator kept out of the way
+    between uses: on CUDA on the CPU, on CPU/MPS released and restored from a temporary spill file (lowmem.py).
     ``compile``: run the UNet through ``torch.compile`` (compiled.py); the first image of each size pays
     the compile, reported as a note on its Result.
     """

@@ -4,11 +4,14 @@ a low-memory generation equals a normal one. Reference: diffusers' AutoencoderKL
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
+from depth2img.lowmem import held
 from depth2img.models.tiny import tiny_components
 from depth2img.pipeline import Pipeline
 
@@ -69,7 +72,9 @@ def test_tiled_1024_decode_is_close_to_the_untiled_decode_seams_included(pipes):
 
 def test_low_memory_generation_equals_normal(pipes):
     normal, low = pipes
-    image = photo("astronaut", (64, 64))  # below one tile: tiling does not apply, slicing decodes one by one
+    # 32 px = one tile of the tiny VAE (sample_size 32): tiling does not apply, slicing decodes one by one. (It was
+    # 64 px, which is tiled: the test passed only after the 1024-px test above had enlarged the module-scoped tiles.)
+    image = photo("astronaut", (32, 32))
     fields = dict(prompt="a statue", image=image, seed=5, steps=4, batch_size=2, scheduler="ddim")
     a = normal.generate(**fields)
     b = low.generate(**fields)
@@ -81,3 +86,173 @@ def test_cli_has_low_memory():
     from depth2img.cli import app
 
     assert "--low-memory" in CliRunner().invoke(app, ["generate", "--help"]).output
+
+
+# -- CPU/MPS: the text encoder(s) and the depth estimator are released between uses (lowmem.Releaser) ------------
+# Reference everywhere: the same tiny weights in a pipeline without low_memory (the plain eager path), its VAE
+# given diffusers' same tiling and slicing, so the release/restore is the only difference.
+
+def _plain_and_low(factory=None):
+    make = factory or (lambda: tiny_components(depth=True, vae_scale_factor=8))
+    plain, low = Pipeline(make()), Pipeline(make(), low_memory=True)
+    plain.vae.enable_tiling()
+    plain.vae.enable_slicing()
+    return plain, low
+
+
+def _tensors(module):
+    return [*module.parameters(), *module.buffers()]
+
+
+def _pixels(result):
+    return [np.asarray(picture) for picture in result.images]
+
+
+def test_released_modules_come_back_bit_identical_request_after_request():
+    plain, low = _plain_and_low()
+    restores = []
+    for prompt, picture in (("a statue", "astronaut"), ("a red house by the sea", "coffee")):
+        fields = dict(prompt=prompt, negative_prompt="blurry", image=photo(picture, (64, 64)), seed=3, steps=3,
+                      scheduler="ddim")
+        expected, got = plain.generate(**fields), low.generate(**fields)
+        for a, b in zip(_pixels(expected), _pixels(got)):
+            assert np.array_equal(a, b)
+        assert np.array_equal(expected.depth_map.raw, got.depth_map.raw)
+        restores.append(low.releaser.restores)
+    assert restores == [2, 4]  # each request: the depth estimator once, the text encoder once (prompt + negative)
+
+
+def test_released_modules_hold_no_memory_after_a_generation():
+    plain, low = _plain_and_low()
+    for module in (low.text_encoder, low.depth_estimator):
+        assert all(t.device.type == "meta" for t in _tensors(module))  # released right after load
+    low.generate(prompt="a statue", image=photo("astronaut", (64, 64)), seed=1, steps=2, scheduler="ddim")
+    for module in (low.text_encoder, low.depth_estimator):
+        assert _tensors(module) and all(t.device.type == "meta" for t in _tensors(module))
+    # the UNet and VAE stay where they were; the spill holds exactly the plain pipeline's tensors (safetensors' own
+    # loader reads it)
+    assert all(t.device.type == "cpu" for t in _tensors(low.unet))
+    from safetensors.torch import load_file
+
+    spills = sorted(low.releaser.folder.iterdir())
+    assert len(spills) == 2
+    plain_text = {**dict(plain.text_encoder.named_parameters()), **dict(plain.text_encoder.named_buffers())}
+    stored = load_file(str(spills[0]))
+    assert stored.keys() == plain_text.keys()
+    assert all(torch.equal(stored[k], plain_text[k]) for k in stored)
+
+
+def test_a_repeated_request_hits_both_caches_without_restoring():
+    from depth2img.caches import depth_key, text_key
+
+    _, low = _plain_and_low()
+    picture = photo("astronaut", (64, 64))
+    fields = dict(prompt="a statue", image=picture, seed=1, steps=2, scheduler="ddim")
+
+    def keys():
+        return (text_key("a statue", low.text_encoder, low.tokenizer, low.embeddings, (), low.device, low.dtype),
+                depth_key(picture, low.depth_estimator, low.feature_extractor))
+
+    released_keys = keys()
+    first = low.generate(**fields)
+    with held(low, low.text_encoder), held(low, low.depth_estimator):
+        assert not low.releaser.is_released(low.text_encoder) and not low.releaser.is_released(low.depth_estimator)
+        assert keys() == released_keys  # restored: the same cache keys as released (version counters kept)
+    assert keys() == released_keys
+    restores, text_hits, depth_hits = low.releaser.restores, low.text_cache.hits, low.depth_cache.hits
+    again = low.generate(**fields)
+    assert low.releaser.restores == restores  # nothing restored: both came from the caches
+    assert low.text_cache.hits == text_hits + 2 and low.depth_cache.hits == depth_hits + 1
+    assert all(np.array_equal(a, b) for a, b in zip(_pixels(first), _pixels(again)))
+
+
+def test_a_weight_changed_while_restored_changes_the_key_and_is_spilled_again():
+    from depth2img.caches import module_identity
+
+    plain, low = _plain_and_low()
+    fields = dict(prompt="a statue", image=photo("astronaut", (64, 64)), seed=1, steps=2, scheduler="ddim")
+    before = module_identity(low.text_encoder)
+    for pipe in (plain, low):
+        with held(pipe, pipe.text_encoder), torch.no_grad():
+            pipe.text_encoder.get_input_embeddings().weight.mul_(3)  # a user's in-place edit
+    assert module_identity(low.text_encoder) != before  # released again, and the edit still shows in the key
+    assert all(t.device.type == "meta" for t in _tensors(low.text_encoder))
+    assert all(np.array_equal(a, b) for a, b in zip(_pixels(plain.generate(**fields)), _pixels(low.generate(**fields))))
+
+
+def test_sdxl_releases_both_text_encoders():
+    from depth2img.models.controlnet import attach_controlnet, tiny_base
+
+    plain, low = _plain_and_low(lambda: attach_controlnet(tiny_base("tiny-sdxl"), "tiny-controlnet-sdxl"))
+    fields = dict(prompt="a statue", image=photo("chelsea", (64, 48)), depth_map=np.linspace(0, 1, 48 * 64, dtype=np.float32
+                  ).reshape(48, 64), seed=2, steps=2, scheduler="euler")
+    assert all(np.array_equal(a, b) for a, b in zip(_pixels(plain.generate(**fields)), _pixels(low.generate(**fields))))
+    for module in (low.text_encoder, low.text_encoder_2):
+        assert all(t.device.type == "meta" for t in _tensors(module))
+
+
+def test_the_spill_folder_goes_with_the_pipeline():
+    import gc
+
+    low = Pipeline(tiny_components(depth=True, vae_scale_factor=8), low_memory=True)
+    folder = low.releaser.folder
+    assert folder.is_dir() and len(list(folder.iterdir())) == 2
+    del low
+    gc.collect()
+    assert not folder.exists()
+
+
+def test_serve_batch_and_video_pass_low_memory_to_every_model_load(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from depth2img.cli import app
+    from depth2img.executors.base import ModelSpec
+    from depth2img.server.actor import JobActor
+    from depth2img.server.registry import Registry
+
+    for command in ("serve", "batch", "video"):
+        assert "--low-memory" in CliRunner().invoke(app, [command, "--help"], terminal_width=200).output, command
+    # serve --low-memory reaches the settings, and the registry's loads use them
+    seen = {}
+    monkeypatch.setattr("depth2img.server.command.run", lambda settings, *a, **k: seen.setdefault("settings", settings))
+    result = CliRunner().invoke(app, ["serve", "--low-memory", "--outputs", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    settings = seen["settings"]
+    assert settings.low_memory
+    assert Registry(dataclasses.replace(settings, model="tiny")).get("tiny").releaser is not None
+    # a Ray actor of the server (ray itself stubbed: only the load path is under test)
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(
+        get_runtime_context=lambda: types.SimpleNamespace(get_node_id=lambda: "node")))
+    actor = JobActor("cpu", "float32", str(tmp_path / "cache"), None, (None, None, None), settings.low_memory)
+    assert actor._pipeline(("tiny", None, None)).releaser is not None
+    # batch/video: the local load and the workers' ModelSpec
+    loads = []
+    tiny = Pipeline(tiny_components(depth=True, vae_scale_factor=8))
+    monkeypatch.setattr("depth2img.cli.batch.load", lambda *a, **k: loads.append(k) or tiny)
+    (tmp_path / "in").mkdir()
+    photo("astronaut", (64, 64)).save(tmp_path / "in" / "a.png")
+    CliRunner().invoke(app, ["batch", "--model", "tiny", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"),
+                             "--low-memory", "--steps", "2"])
+    assert loads and all(k.get("low_memory") is True for k in loads), loads
+    assert ModelSpec("tiny", low_memory=True).load().releaser is not None
+    assert ModelSpec("tiny").load().releaser is None
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path("/proc/self/maps").exists(), reason="needs Linux /proc")
+def test_a_restore_maps_the_spill_file_and_a_release_unmaps_it():
+    from pathlib import Path
+
+    from tests.test_load_weights import _mapped_ranges
+
+    low = Pipeline(tiny_components(depth=True, vae_scale_factor=8), low_memory=True)
+    spill = low.releaser._spill_of(low.text_encoder).path.resolve()
+    assert not _mapped_ranges(spill)
+    with held(low, low.text_encoder):
+        ranges = _mapped_ranges(Path(spill))
+        assert ranges, "the spill file is not memory-mapped"
+        for name, p in low.text_encoder.named_parameters():  # no copy: every tensor is a page of the file
+            ptr = p.untyped_storage().data_ptr()
+            assert any(lo <= ptr < hi for lo, hi in ranges), name
+        del p  # the test's own reference would keep the mapping alive
+    assert not _mapped_ranges(spill)  # released: the mapping is gone, its pages leave the process

@@ -88,3 +88,13 @@ def test_unknown_and_bad_weights(lora_pipe):
         lora_pipe.generate(**{**FAST, "prompt": "a <lora:peft:x>"})
     result = lora_pipe.generate(**{**FAST, "prompt": "a cat <lora:missing:1>"})
     assert any("LoRA 'missing' not found" in note for note in result.warnings)
+
+
+def test_low_memory_restores_the_text_encoder_for_a_lora_and_releases_it_after(lora_pipe, folder):
+    """CPU low memory releases the text encoder between uses: a text-encoder LoRA is attached to the restored
+    encoder (peft's layers) and the encoder is released only after they are removed."""
+    low = load_pipeline("tiny", lora_dir=folder, low_memory=True)
+    for prompt in ("a cat <lora:peft:0.8>", "a cat", "a dog <lora:peft:1>"):
+        assert np.array_equal(image(low, prompt=prompt), image(lora_pipe, prompt=prompt)), prompt
+        assert all(t.device.type == "meta" for t in [*low.text_encoder.parameters(), *low.text_encoder.buffers()])
+    assert list(low.text_encoder.state_dict()) == list(lora_pipe.text_encoder.state_dict())  # no peft layer left

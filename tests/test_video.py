@@ -298,3 +298,18 @@ def test_one_depth_map_for_every_frame_and_a_depth_only_video(tiny_pipe, tmp_pat
     import imageio_ffmpeg
 
     assert imageio_ffmpeg.count_frames_and_secs(str(tmp_path / "d.mp4"))[0] == 4 and "8 fps" in ffmpeg_header(tmp_path / "d.mp4")
+
+
+def test_low_memory_video_renders_the_same_frames_and_releases_the_estimator(tiny_pipe, tmp_path):
+    """Pass 1 estimates every frame's depth with the estimator restored once (CPU low memory releases it between
+    uses); the frames equal the plain pipeline's. 32-px frames: one tile of the tiny VAE, so tiling does not apply."""
+    from depth2img import load_pipeline
+
+    low = load_pipeline("tiny", low_memory=True)
+    frames = [frame[:32, :32] for frame in pan_clip(3)]
+    plain_frames = render(tiny_pipe, frames, tmp_path / "plain", temporal="fixed-noise")
+    restores = low.releaser.restores
+    low_frames = render(low, frames, tmp_path / "low", temporal="fixed-noise")
+    assert all(np.array_equal(a, b) for a, b in zip(plain_frames, low_frames))
+    assert low.releaser.restores > restores
+    assert all(t.device.type == "meta" for t in [*low.depth_estimator.parameters(), *low.depth_estimator.buffers()])

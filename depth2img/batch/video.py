@@ -224,6 +224,8 @@ def render_frames(
     from PIL import Image
 
     from ..depth import estimate_depth, load_depth_map
+    from ..devices import depth_device
+    from ..lowmem import on_device
     from ..images import load_image
     from ..outputs import atomic_output, save_image
     from ..request import resolve_seeds
@@ -263,18 +265,21 @@ def render_frames(
 
     # pass 1: every depth map (own, or estimated once and cached per source content), then the ranges
     raws: list[np.ndarray] = []
-    for t in range(count):
-        if depth_frames is not None:
-            raws.append(load_depth_map(depth_frames[t]))
-            continue
-        cached = frames_dir / "depth" / f"{t:06d}-{sources[t][:16]}.npy"
-        if reuse and cached.exists():
-            raws.append(np.load(cached))
-            continue
-        raw = estimate_depth(pipe.depth_estimator, pipe.feature_extractor, view(t))[0].numpy()
-        with atomic_output(cached) as tmp, open(tmp, "wb") as handle:
-            np.save(handle, raw)
-        raws.append(raw)
+    estimating = depth_frames is None and pipe.depth_estimator is not None
+    # low memory: the estimator is restored (or moved to the GPU) once for the whole pass, released after it
+    with on_device(pipe, pipe.depth_estimator if estimating else None, depth_device(pipe.device)):
+        for t in range(count):
+            if depth_frames is not None:
+                raws.append(load_depth_map(depth_frames[t]))
+                continue
+            cached = frames_dir / "depth" / f"{t:06d}-{sources[t][:16]}.npy"
+            if reuse and cached.exists():
+                raws.append(np.load(cached))
+                continue
+            raw = estimate_depth(pipe.depth_estimator, pipe.feature_extractor, view(t))[0].numpy()
+            with atomic_output(cached) as tmp, open(tmp, "wb") as handle:
+                np.save(handle, raw)
+            raws.append(raw)
     first_size = view(0).size if frames is not None else pipe.depth_only_size(raws[0], request)
     latent_size = (first_size[1] // pipe.vae_scale_factor, first_size[0] // pipe.vae_scale_factor)
     ranges = depth_ranges(resized_depths(raws, latent_size, request), options.depth_norm) if pipe.backend.uses_depth else [None] * count

@@ -18,8 +18,8 @@ from ..request import GenerationRequest, flag
 from .generate import GENERATE_FIELDS
 from .handling import err, one_line_errors, say, warn
 from .loading import load
-from .options import (CompileOpt, DepthModelOpt, DeviceOpt, DtypeOpt, ExecutorOpt, GpusPerWorkerOpt, MaxFailuresOpt, ModelOpt,
-                      RayAddressOpt, WorkersOpt, decode_inputs, executor_for, request_options, to_request_fields)
+from .options import (CompileOpt, DepthModelOpt, DeviceOpt, DtypeOpt, ExecutorOpt, GpusPerWorkerOpt, LowMemoryOpt,
+                      MaxFailuresOpt, ModelOpt, RayAddressOpt, WorkersOpt, decode_inputs, executor_for, request_options, to_request_fields)
 
 BATCH_FIELDS = tuple(name for name in GENERATE_FIELDS if name != "image")
 PLACEHOLDER = "(each input)"
@@ -40,6 +40,7 @@ def batch(
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
     compile: CompileOpt = False,
+    low_memory: LowMemoryOpt = False,
     executor: ExecutorOpt = "local",
     ray_address: RayAddressOpt = None,
     workers: WorkersOpt = None,
@@ -69,9 +70,12 @@ def batch(
     targets = [p for item in inputs for p in output_paths(output, item, request_fields.get("batch_size", 1), ext)]
     check_targets([Target("--output", tuple(targets))])
     request = GenerationRequest(**{**decode_inputs(request_fields), "image": None}).replace(**stand_in)
-    options, runner = executor_for(executor, ray_address, workers, gpus_per_worker, max_failures,
-                                   lambda: load(model, device, dtype, depth_model, compile=compile),
-                                   ModelSpec(model, device, dtype, depth_model, compile=compile))
+    spec = ModelSpec(model, device, dtype, depth_model, compile=compile, low_memory=low_memory)  # the load options, once
+
+    def load_pipe() -> Any:  # the local load; remote workers load ``spec`` themselves
+        return load(spec.model, spec.device, spec.dtype, spec.depth_model, low_memory=spec.low_memory, compile=spec.compile)
+
+    options, runner = executor_for(executor, ray_address, workers, gpus_per_worker, max_failures, load_pipe, spec)
 
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -85,9 +89,10 @@ def batch(
 
         try:
             summary = run_batch(
-                lambda: load(model, device, dtype, depth_model, compile=compile), request, inputs, output, depth_dir=depth_dir,
+                load_pipe, request, inputs, output, depth_dir=depth_dir,
                 mask_dir=mask_dir, resume=resume, same_seed=same_seed, suffix=ext,
-                settings={"model": model, "depth_model": depth_model, "device": device, "dtype": dtype}, on_item=on_item,
+                settings={"model": model, "depth_model": depth_model, "device": device, "dtype": dtype,
+                          **({"low_memory": True} if low_memory else {})}, on_item=on_item,  # VAE tiling: other pixels
                 executor=runner, max_failures=options.max_failures,
             )
         finally:

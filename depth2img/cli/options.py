@@ -55,7 +55,8 @@ LoraDirOpt = Annotated[
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or mps.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, float16 or bfloat16.")]
 LowMemoryOpt = Annotated[bool, typer.Option("--low-memory", help="VAE tiling and slicing (1024-2048 px decodes fit); "
-                                            "on CUDA the text encoder and depth estimator wait on the CPU between uses.")]
+                                            "the text encoder and depth estimator are kept out of memory between uses "
+                                            "(CUDA: on the CPU; CPU/MPS: released, restored from a temporary file).")]
 CompileOpt = Annotated[bool, typer.Option(
     "--compile", help="Run the UNet through torch.compile (same math, not bit-for-bit): the first picture of each size "
     "compiles first (minutes on a CPU; seconds later from the cache in ~/.cache/depth2img/inductor, or "

@@ -18,8 +18,8 @@ from ..request import GenerationRequest, flag
 from .generate import GENERATE_FIELDS
 from .handling import err, one_line_errors, say, warn
 from .loading import load
-from .options import (CompileOpt, DepthModelOpt, DeviceOpt, DtypeOpt, ExecutorOpt, GpusPerWorkerOpt, ModelOpt, RayAddressOpt, WorkersOpt,
-                      decode_inputs, executor_for, request_options, to_request_fields)
+from .options import (CompileOpt, DepthModelOpt, DeviceOpt, DtypeOpt, ExecutorOpt, GpusPerWorkerOpt, LowMemoryOpt, ModelOpt,
+                      RayAddressOpt, WorkersOpt, decode_inputs, executor_for, request_options, to_request_fields)
 
 VIDEO_FIELDS = tuple(name for name in GENERATE_FIELDS if name != "image")
 
@@ -45,6 +45,7 @@ def video(
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
     compile: CompileOpt = False,
+    low_memory: LowMemoryOpt = False,
     executor: ExecutorOpt = "local",
     ray_address: RayAddressOpt = None,
     workers: WorkersOpt = None,
@@ -84,12 +85,12 @@ def video(
         depth_frames = [Path(request_fields["depth_map"])] * len(clip.frames)
     request = GenerationRequest(**{**decode_inputs(request_fields), **stand_in})
 
-    _, runner = executor_for(executor, ray_address, workers, gpus_per_worker, None, lambda: pipe,
-                             ModelSpec(model, device, dtype, depth_model, compile=compile))
+    spec = ModelSpec(model, device, dtype, depth_model, compile=compile, low_memory=low_memory)  # the load options, once
+    _, runner = executor_for(executor, ray_address, workers, gpus_per_worker, None, lambda: pipe, spec)
     if executor == "ray" and (options.temporal == "fusion" or options.color_coherence):
         warn([f"--temporal {options.temporal}{' with --color-coherence' if options.color_coherence else ''}: every "
               "frame needs the one before, so the frames render in order in this process, not on Ray"])
-    pipe = load(model, device, dtype, depth_model, compile=compile)
+    pipe = load(spec.model, spec.device, spec.dtype, spec.depth_model, low_memory=spec.low_memory, compile=spec.compile)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(TextColumn("frames"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
@@ -98,7 +99,8 @@ def video(
         try:
             rendered = render_frames(
                 pipe, request, clip.frames if clip else None, frames_dir, options, depth_frames=depth_frames, resume=resume,
-                settings={"model": model, "depth_model": depth_model, "device": device, "dtype": dtype},
+                settings={"model": model, "depth_model": depth_model, "device": device, "dtype": dtype,
+                          **({"low_memory": True} if low_memory else {})},  # VAE tiling changes big frames' pixels
                 on_frame=lambda t, n, status: progress.update(task, total=n, advance=1),
                 executor=runner if executor == "ray" else None,
             )

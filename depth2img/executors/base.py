@@ -47,6 +47,7 @@ class ModelSpec:
     dtype: str = "float32"
     depth_model: str | None = None
     compile: bool = False  # torch.compile the UNet (compiled.py); each worker compiles, or reads the inductor cache
+    low_memory: bool = False  # --low-memory (lowmem.py): a load option, so every worker loads the same way
 
     def load(self) -> Any:
         from ..cli.loading import checkpoint_cache, use_inductor_cache
@@ -55,7 +56,7 @@ class ModelSpec:
         if self.compile:  # a worker's own process: its environment is ours to set, as the CLI's
             use_inductor_cache()
         return load_pipeline(self.model, device=self.device, dtype=self.dtype, depth_model=self.depth_model,
-                             cache_dir=checkpoint_cache(), compile=self.compile)
+                             cache_dir=checkpoint_cache(), compile=self.compile, low_memory=self.low_memory)
 
 
 class Executor(Protocol):

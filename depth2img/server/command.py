@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..cli.options import LowMemoryOpt
 from ..executors.options import ExecutorOpt, GpusPerWorkerOpt, RayAddressOpt, WorkersOpt
 from ..errors import InvalidRequestError
 from ..executors.base import ExecutorOptions
@@ -24,6 +25,7 @@ def serve(
     model: Annotated[Optional[str], typer.Option(help="Default model id (default: the first listed, else tiny).")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")] = "cpu",
     dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = "float32",
+    low_memory: LowMemoryOpt = False,
     auth: Annotated[Optional[str], typer.Option(
         help="USER:PASS[,USER:PASS...] for HTTP Basic on every route. Visible in `ps`: prefer --auth-file.")] = None,
     auth_file: Annotated[Optional[Path], typer.Option(help="A file of USER:PASS lines.")] = None,
@@ -50,7 +52,7 @@ def serve(
                               auth=auth, auth_file=auth_file, queue_size=queue_size, job_timeout=job_timeout,
                               outputs=outputs, max_pixels=max_pixels, max_body_mb=max_body_mb, cors_origin=cors_origin,
                               styles_file=styles_file, embeddings_dir=embeddings_dir, lora_dir=lora_dir,
-                              executor=ExecutorOptions(executor, ray_address, workers, gpus_per_worker))
+                              executor=ExecutorOptions(executor, ray_address, workers, gpus_per_worker), low_memory=low_memory)
     run(settings)
 
 
@@ -58,7 +60,7 @@ def build_settings(*, host: str, port: int, models_dir: list[Path] | None, model
                    auth: str | None, auth_file: Path | None, queue_size: int, job_timeout: float, outputs: Path,
                    max_pixels: int, max_body_mb: float, cors_origin: list[str] | None, styles_file: Path | None = None,
                    embeddings_dir: Path | None = None, lora_dir: Path | None = None,
-                   executor: ExecutorOptions = ExecutorOptions()) -> Settings:
+                   executor: ExecutorOptions = ExecutorOptions(), low_memory: bool = False) -> Settings:
     """Settings from the options; every mistake is an InvalidRequestError naming the option."""
     from ..devices import parse_device, parse_dtype
 
@@ -83,7 +85,7 @@ def build_settings(*, host: str, port: int, models_dir: list[Path] | None, model
                         styles_file=styles_file.expanduser() if styles_file else None,
                         embeddings_dir=embeddings_dir.expanduser() if embeddings_dir else None,
                         lora_dir=lora_dir.expanduser() if lora_dir else None,
-                        executor=executor)
+                        executor=executor, low_memory=low_memory)
     return settings.check()
 
 
