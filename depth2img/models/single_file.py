@@ -260,17 +260,26 @@ def load_single_file(
     ``config``: an original yaml (else the same-name yaml beside the file, else detection by keys).
     ``cache_dir``: pickles are converted once to a memory-mappable safetensors copy there (see cache.py).
     """
-    from .cache import SHORT_HASH_LENGTH, cached_checkpoint, short_hash
+    from .cache import SHORT_HASH_LENGTH, cached_checkpoint, mark_verified_finite, short_hash, verified_finite
 
     path = Path(path)
+    cache_entry = None
     if cache_dir is not None and path.suffix.lower() in PICKLE_SUFFIXES:
-        read_from, digest = cached_checkpoint(path, Path(cache_dir))
-        model_hash = digest[:SHORT_HASH_LENGTH]
+        cache_entry, digest = cached_checkpoint(path, Path(cache_dir))
+        read_from, model_hash = cache_entry, digest[:SHORT_HASH_LENGTH]
     else:
         read_from, model_hash = path, None
     sd = load_state_dict(read_from)  # a bad file is reported before the hash costs a full read
     if model_hash is None:
         model_hash = short_hash(path, cache_dir)
+    if check_finite and cache_entry is not None:
+        # our own cache entry: checked in full once, then trusted while unchanged (cache.py, trust model)
+        if verified_finite(cache_entry):
+            check_finite = False
+        elif not find_non_finite(sd):  # every tensor, so the marker holds whatever a yaml later selects
+            mark_verified_finite(cache_entry)
+            check_finite = False
+        # else: some tensor is not finite; the per-component check below decides (ignored keys may be)
     return components_from_state_dict(sd, path=path, dtype=dtype, config=config, check_finite=check_finite, model_hash=model_hash)
 
 
