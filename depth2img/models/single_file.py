@@ -265,6 +265,20 @@ def check_all_keys_used(sd: Mapping[str, torch.Tensor], n_text_layers: int | Non
             raise CheckpointKeyError(f"unexpected tensor {k!r} in the checkpoint (not part of a Stable Diffusion {kind} model)")
 
 
+def cache_entry_finite(sd: Mapping[str, torch.Tensor], entry: Path) -> bool:
+    """Whether every floating-point tensor of our cache entry ``entry`` (read into ``sd``) is finite: read
+    in full once, then remembered beside the entry while it is unchanged (cache.py, trust model). ``False``
+    when some tensor is not finite: the per-component check then decides (ignored tensors may be)."""
+    from .cache import mark_verified_finite, verified_finite
+
+    if verified_finite(entry):
+        return True
+    if find_non_finite(sd):  # every tensor, so the marker holds whatever a yaml later selects
+        return False
+    mark_verified_finite(entry)
+    return True
+
+
 def load_single_file(
     path: str | Path,
     *,
@@ -278,7 +292,7 @@ def load_single_file(
     ``config``: an original yaml (else the same-name yaml beside the file, else detection by keys).
     ``cache_dir``: pickles are converted once to a memory-mappable safetensors copy there (see cache.py).
     """
-    from .cache import SHORT_HASH_LENGTH, cached_checkpoint, mark_verified_finite, short_hash, verified_finite
+    from .cache import SHORT_HASH_LENGTH, cached_checkpoint, short_hash
 
     path = Path(path)
     cache_entry = None
@@ -290,14 +304,8 @@ def load_single_file(
     sd = load_state_dict(read_from)  # a bad file is reported before the hash costs a full read
     if model_hash is None:
         model_hash = short_hash(path, cache_dir)
-    if check_finite and cache_entry is not None:
-        # our own cache entry: checked in full once, then trusted while unchanged (cache.py, trust model)
-        if verified_finite(cache_entry):
-            check_finite = False
-        elif not find_non_finite(sd):  # every tensor, so the marker holds whatever a yaml later selects
-            mark_verified_finite(cache_entry)
-            check_finite = False
-        # else: some tensor is not finite; the per-component check below decides (ignored keys may be)
+    if check_finite and cache_entry is not None and cache_entry_finite(sd, cache_entry):
+        check_finite = False
     return components_from_state_dict(sd, path=path, dtype=dtype, config=config, check_finite=check_finite, model_hash=model_hash)
 
 
