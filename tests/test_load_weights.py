@@ -150,3 +150,22 @@ def test_cache_entry_with_a_nan_in_an_ignored_tensor_is_never_marked(tmp_path):
     assert load_single_file(ckpt, cache_dir=cache).kind == "depth"  # an ignored NaN loads (used ones checked)
     (entry,) = cache.glob("*.safetensors")
     assert not verified_finite(entry)  # so every later start checks the used tensors again
+
+
+def test_a_cache_folder_that_cannot_take_the_marker_still_loads(tmp_path, monkeypatch):
+    from depth2img.models import cache as cache_module
+    from depth2img.models.single_file import load_single_file
+
+    ckpt, cache = tmp_path / "depth.ckpt", tmp_path / "cache"
+    torch.save({"state_dict": tiny_original_state_dict(seed=7)}, ckpt)
+    ckpt.with_suffix(".yaml").write_text(TINY_YAML)
+    load_single_file(ckpt, cache_dir=cache)  # converts: the entry exists
+    (entry,) = cache.glob("*.safetensors")
+    entry.with_name(entry.name + ".finite.json").unlink()
+
+    def full(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache_module, "atomic_write_bytes", full)
+    assert load_single_file(ckpt, cache_dir=cache).kind == "depth"
+    assert not cache_module.verified_finite(entry)

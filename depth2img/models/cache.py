@@ -150,7 +150,11 @@ def verified_finite(entry: str | Path) -> bool:
 
 
 def mark_verified_finite(entry: str | Path) -> None:
-    """Record that every floating-point tensor of the cache entry ``entry`` was just found finite."""
+    """Record that every floating-point tensor of the cache entry ``entry`` was just found finite. The
+    marker only saves time: a cache folder that cannot take it (read-only, full) leaves loads checking."""
     entry = Path(entry)
     body = {"finite": True, "state": _entry_state(entry)}
-    atomic_write_bytes(_marker(entry), json.dumps(body, indent=1, sort_keys=True).encode())
+    try:
+        atomic_write_bytes(_marker(entry), json.dumps(body, indent=1, sort_keys=True).encode())
+    except OSError:
+        pass
