@@ -88,3 +88,84 @@ def test_second_start_weights_are_memory_mapped_not_copied(loaded_twice):
     for name, p in pipe.unet.named_parameters():
         ptr = p.untyped_storage().data_ptr()
         assert any(lo <= ptr < hi for lo, hi in ranges), f"unet.{name} was copied out of the mapped file"
+
+
+# --------------------------------------------------------------------------------------------------
+# the finite check is paid once per cache entry, and an edited entry is checked again
+# --------------------------------------------------------------------------------------------------
+
+
+def _tensor_bytes(path: Path, key: str) -> tuple[int, int]:
+    """(file offset, byte length) of ``key``'s data, read from the safetensors header by hand (the format
+    README's layout: 8-byte little-endian header length, JSON header, data) - no depth2img code."""
+    import json
+
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    start, end = header[key]["data_offsets"]
+    return 8 + n + start, end - start
+
+
+def test_cache_entry_is_checked_once_and_an_edited_entry_again(tmp_path, monkeypatch):
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from depth2img.errors import NonFiniteWeightsError
+    from depth2img.models import single_file
+    from depth2img.models.single_file import load_single_file
+
+    ckpt, cache = tmp_path / "depth.ckpt", tmp_path / "cache"
+    torch.save({"state_dict": tiny_original_state_dict(seed=5)}, ckpt)
+    ckpt.with_suffix(".yaml").write_text(TINY_YAML)
+    load_single_file(ckpt, cache_dir=cache)  # converts, checks every tensor, marks the entry
+    (entry,) = cache.glob("*.safetensors")
+    assert all(np.isfinite(v.double().numpy()).all() for v in load_file(str(entry)).values())  # numpy agrees
+
+    calls = []
+    real = single_file.find_non_finite
+    monkeypatch.setattr(single_file, "find_non_finite", lambda sd, keys=None: calls.append(keys) or real(sd, keys))
+    load_single_file(ckpt, cache_dir=cache)
+    assert calls == [], "an unchanged, verified cache entry must not be read by the finite check again"
+
+    # a NaN written into a UNet weight of the cached copy in place (size, header and inode unchanged)
+    offset, length = _tensor_bytes(entry, "model.diffusion_model.out.2.bias")
+    with open(entry, "r+b") as f:
+        f.seek(offset)
+        f.write(np.full(length // 4, np.nan, dtype="<f4").tobytes())
+    assert torch.isnan(load_file(str(entry))["model.diffusion_model.out.2.bias"]).all()
+    with pytest.raises(NonFiniteWeightsError, match="model.diffusion_model.out.2.bias"):
+        load_single_file(ckpt, cache_dir=cache)
+    assert calls, "the edited entry was not checked"
+
+
+def test_cache_entry_with_a_nan_in_an_ignored_tensor_is_never_marked(tmp_path):
+    from depth2img.models.cache import verified_finite
+    from depth2img.models.single_file import load_single_file
+
+    ckpt, cache = tmp_path / "depth.ckpt", tmp_path / "cache"
+    sd = dict(tiny_original_state_dict(seed=6), **{"model_ema.decay": torch.tensor(float("nan"))})
+    torch.save({"state_dict": sd}, ckpt)
+    ckpt.with_suffix(".yaml").write_text(TINY_YAML)
+    assert load_single_file(ckpt, cache_dir=cache).kind == "depth"  # an ignored NaN loads (used ones checked)
+    (entry,) = cache.glob("*.safetensors")
+    assert not verified_finite(entry)  # so every later start checks the used tensors again
+
+
+def test_a_cache_folder_that_cannot_take_the_marker_still_loads(tmp_path, monkeypatch):
+    from depth2img.models import cache as cache_module
+    from depth2img.models.single_file import load_single_file
+
+    ckpt, cache = tmp_path / "depth.ckpt", tmp_path / "cache"
+    torch.save({"state_dict": tiny_original_state_dict(seed=7)}, ckpt)
+    ckpt.with_suffix(".yaml").write_text(TINY_YAML)
+    load_single_file(ckpt, cache_dir=cache)  # converts: the entry exists
+    (entry,) = cache.glob("*.safetensors")
+    entry.with_name(entry.name + ".finite.json").unlink()
+
+    def full(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache_module, "atomic_write_bytes", full)
+    assert load_single_file(ckpt, cache_dir=cache).kind == "depth"
+    assert not cache_module.verified_finite(entry)

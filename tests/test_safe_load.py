@@ -372,3 +372,31 @@ def test_a_global_outside_our_allow_list_is_refused_even_if_harmless_looking(tmp
     torch.save({"state_dict": {"w": torch.ones(2)}, "extra": np.zeros(3)}, path)
     with pytest.raises(UnsafeCheckpointError, match=r"asks for `numpy\.(_core|core)\.multiarray\._reconstruct`"):
         load_state_dict(path)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_finite_check_agrees_with_numpy_isfinite(dtype):
+    """The one-pass check (aminmax) against numpy's elementwise isfinite: NaN, +Inf and -Inf at the first,
+    a middle and the last position (vectorised bodies and scalar tails), 0-d and non-contiguous tensors, and
+    huge finite values whose sum overflows (a sum-based shortcut would call those non-finite)."""
+    import numpy as np
+
+    from depth2img.models.safe_load import is_finite
+
+    big = torch.finfo(dtype).max
+    cases = {"huge": torch.full((1000,), big, dtype=dtype), "neg-huge": torch.full((33,), -big, dtype=dtype),
+             "scalar": torch.tensor(2.0, dtype=dtype), "scalar-nan": torch.tensor(float("nan"), dtype=dtype),
+             "transposed": torch.randn(37, 19).to(dtype).t()}
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        for n in (1, 31, 4099):
+            for pos in sorted({0, n // 2, n - 1}):
+                t = torch.randn(n).to(dtype)
+                t[pos] = bad
+                cases[f"{bad}@{pos}/{n}"] = t
+        t = torch.randn(64, 65).to(dtype)
+        t[63, 64] = bad
+        cases[f"{bad} transposed"] = t.t()
+    for name, t in cases.items():
+        expected = bool(np.isfinite(t.double().numpy()).all())  # bf16/fp16 -> fp64 is exact
+        assert is_finite(t) == expected, name
+    assert sorted(find_non_finite(cases)) == sorted(k for k, t in cases.items() if not np.isfinite(t.double().numpy()).all())

@@ -6,6 +6,10 @@ later load of an unchanged file needs one ``stat`` and no hashing; a changed fil
 The cached copy is an ordinary flat original-layout safetensors file (loadable and convertible itself).
 Writes go through :func:`depth2img.outputs.atomic_output` (unique temp name, fsync, rename); a damaged
 cache entry fails safetensors validation and is rebuilt.
+
+A cache entry whose every floating-point tensor was found finite gets a marker beside it
+(``<entry>.finite.json``, :func:`mark_verified_finite`), so later starts skip the full read of the
+finite check (:func:`verified_finite`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pathlib import Path
 
 from ..errors import CorruptCheckpointError
 from ..outputs import atomic_output, atomic_write_bytes
-from .safe_load import load_pickle_checkpoint, read_safetensors_header, unwrap_state_dict
+from .safe_load import MAX_HEADER_BYTES, load_pickle_checkpoint, read_safetensors_header, unwrap_state_dict
 
 _LOCK = threading.Lock()
 
@@ -104,3 +108,53 @@ def cached_checkpoint(path: str | Path, cache_dir: str | Path) -> tuple[Path, st
     del sd
     remember_hash(path, cache_dir, digest)
     return target, digest
+
+
+# --------------------------------------------------------------------------------------------------
+# "every weight of this cache entry is finite", remembered
+# --------------------------------------------------------------------------------------------------
+# Trust model. The entry and its marker are files we wrote into our own cache folder; the marker records
+# the entry's size, mtime_ns, inode and the sha256 of its safetensors header, and is honoured only while all
+# four still match. That catches an entry that was rebuilt (atomic rename: new inode and mtime), replaced,
+# truncated, re-saved by another tool, or edited in place (any write moves mtime). It does not catch
+# someone who edits tensor bytes in place and then resets mtime: that takes intent, and an entry is not
+# a code-execution risk either way (safetensors runs no code; the worst a non-finite weight does is a black
+# image, which the pipeline's own non-finite output check then reports). A user's own files never get a
+# marker: they are checked on every load.
+
+
+def _marker(entry: Path) -> Path:
+    return entry.with_name(entry.name + ".finite.json")
+
+
+def _entry_state(entry: Path) -> dict[str, int | str]:
+    """What the marker pins: size, mtime_ns, inode and the header's sha256 (the header length was
+    validated by ``read_safetensors_header`` before any caller gets here)."""
+    st = entry.stat()
+    with open(entry, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = f.read(min(n, MAX_HEADER_BYTES))
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino,
+            "header_sha256": hashlib.sha256(header).hexdigest()}
+
+
+def verified_finite(entry: str | Path) -> bool:
+    """Whether ``entry`` (a cache entry) carries a marker that still matches it: every floating-point tensor
+    was finite when the marker was written and the file has not changed since (trust model above)."""
+    entry = Path(entry)
+    try:
+        marker = json.loads(_marker(entry).read_text())
+        return isinstance(marker, dict) and marker.get("finite") is True and marker.get("state") == _entry_state(entry)
+    except (OSError, ValueError):
+        return False
+
+
+def mark_verified_finite(entry: str | Path) -> None:
+    """Record that every floating-point tensor of the cache entry ``entry`` was just found finite. The
+    marker only saves time: a cache folder that cannot take it (read-only, full) leaves loads checking."""
+    entry = Path(entry)
+    body = {"finite": True, "state": _entry_state(entry)}
+    try:
+        atomic_write_bytes(_marker(entry), json.dumps(body, indent=1, sort_keys=True).encode())
+    except OSError:
+        pass

@@ -13,7 +13,8 @@ and any missing or mis-shaped tensor, raises :class:`CheckpointKeyError` naming 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,23 @@ def empty_parameters() -> Any:
     from accelerate import init_empty_weights
 
     return init_empty_weights(include_buffers=False)
+
+
+@contextmanager
+def empty_transformers_model() -> Iterator[None]:
+    """:func:`empty_parameters` plus transformers' ``no_init_weights``: a ``PreTrainedModel`` built from a
+    config runs its ``_init_weights`` (``normal_`` on every weight) even when the weights are on meta, each
+    op going through torch's Python reference decompositions: 0.7 s of the SD2-depth text encoder and DPT
+    construction, all discarded by the assignment that follows. Buffers the file lacks (CLIP's position_ids)
+    are set by the modules' ``__init__``, not by ``_init_weights``. Both contexts swap module attributes
+    only while the model is built, as accelerate's alone already did."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers < 5
+        from transformers.modeling_utils import no_init_weights
+
+    with empty_parameters(), no_init_weights():
+        yield
 
 
 def load_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], part: str, dtype: torch.dtype | None,
@@ -178,7 +196,7 @@ def build_text_encoder(sd: Mapping[str, torch.Tensor], spec: ModelSpec, dtype: t
             layer_norm_eps=1e-5, projection_dim=proj.shape[1] if proj is not None else 512,
             bos_token_id=0, eos_token_id=2, pad_token_id=1,
         )
-        with empty_parameters():
+        with empty_transformers_model():
             model = CLIPTextModel(cfg)
         keep = {k: v for k, v in sd.items() if k.startswith(OPENCLIP_PREFIX) and ignored_reason(k, n_layers) is None}
         converted = convert_open_clip_checkpoint(model, keep)
@@ -205,7 +223,7 @@ def build_text_encoder(sd: Mapping[str, torch.Tensor], spec: ModelSpec, dtype: t
         max_position_embeddings=hf["text_model.embeddings.position_embedding.weight"].shape[0],
         hidden_act="quick_gelu", projection_dim=tok.shape[1],
     )
-    with empty_parameters():
+    with empty_transformers_model():
         model = CLIPTextModel(cfg)
     return load_strict(model, _clip_names(hf, model), "text encoder", dtype)
 
@@ -221,7 +239,7 @@ def build_depth(sd: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> An
     from .midas import MidasDPTForDepthEstimation, dpt_hybrid_config
 
     converted, _ignored = midas_to_dpt(sd)
-    with empty_parameters():
+    with empty_transformers_model():
         model = MidasDPTForDepthEstimation(dpt_hybrid_config())
     return load_strict(model, converted, "depth model", dtype)
 
@@ -247,6 +265,20 @@ def check_all_keys_used(sd: Mapping[str, torch.Tensor], n_text_layers: int | Non
             raise CheckpointKeyError(f"unexpected tensor {k!r} in the checkpoint (not part of a Stable Diffusion {kind} model)")
 
 
+def cache_entry_finite(sd: Mapping[str, torch.Tensor], entry: Path) -> bool:
+    """Whether every floating-point tensor of our cache entry ``entry`` (read into ``sd``) is finite: read
+    in full once, then remembered beside the entry while it is unchanged (cache.py, trust model). ``False``
+    when some tensor is not finite: the per-component check then decides (ignored tensors may be)."""
+    from .cache import mark_verified_finite, verified_finite
+
+    if verified_finite(entry):
+        return True
+    if find_non_finite(sd):  # every tensor, so the marker holds whatever a yaml later selects
+        return False
+    mark_verified_finite(entry)
+    return True
+
+
 def load_single_file(
     path: str | Path,
     *,
@@ -263,14 +295,17 @@ def load_single_file(
     from .cache import SHORT_HASH_LENGTH, cached_checkpoint, short_hash
 
     path = Path(path)
+    cache_entry = None
     if cache_dir is not None and path.suffix.lower() in PICKLE_SUFFIXES:
-        read_from, digest = cached_checkpoint(path, Path(cache_dir))
-        model_hash = digest[:SHORT_HASH_LENGTH]
+        cache_entry, digest = cached_checkpoint(path, Path(cache_dir))
+        read_from, model_hash = cache_entry, digest[:SHORT_HASH_LENGTH]
     else:
         read_from, model_hash = path, None
     sd = load_state_dict(read_from)  # a bad file is reported before the hash costs a full read
     if model_hash is None:
         model_hash = short_hash(path, cache_dir)
+    if check_finite and cache_entry is not None and cache_entry_finite(sd, cache_entry):
+        check_finite = False
     return components_from_state_dict(sd, path=path, dtype=dtype, config=config, check_finite=check_finite, model_hash=model_hash)
 
 
