@@ -56,17 +56,22 @@ class JobActor:
     """One Ray actor; created by :class:`~.remote.RayWorker` with ``ray.remote(JobActor).options(...)``."""
 
     def __init__(self, device: str, dtype: str, cache_dir: str, threads: int | None,
-                 extras: tuple[str | None, str | None, str | None] = (None, None, None), low_memory: bool = False) -> None:
+                 extras: tuple[str | None, str | None, str | None] = (None, None, None), low_memory: bool = False,
+                 compile: bool = False) -> None:
         """``extras``: the server's --styles-file, --embeddings-dir and --lora-dir, attached to every pipeline
         this actor loads exactly as the local registry does (server/extras.py), so a style, a ``<lora:...>``
-        tag or an embedding name means the same on a Ray actor. ``low_memory``: the server's --low-memory."""
+        tag or an embedding name means the same on a Ray actor. ``low_memory``, ``compile``: the server's --low-memory and --compile."""
         import ray
 
         if threads:  # this actor's own process: its thread count is ours to set
             import torch
 
             torch.set_num_threads(threads)
-        self.device, self.dtype, self.cache_dir, self.low_memory = device, dtype, cache_dir, low_memory
+        self.device, self.dtype, self.cache_dir, self.low_memory, self.compile = device, dtype, cache_dir, low_memory, compile
+        if compile:  # as the CLI's: inductor's kernel cache in ~/.cache/depth2img/inductor, set in this actor's process
+            from ..cli.loading import use_inductor_cache
+
+            use_inductor_cache()
         self.extras = extras
         self.node = ray.get_runtime_context().get_node_id()
         self._pipe: Any = None
@@ -93,7 +98,8 @@ class JobActor:
             self._pipe = self._key = None
             model, depth_model, controlnet = key
             self._pipe = load_pipeline(model, device=self.device, dtype=self.dtype, depth_model=depth_model,
-                                       cache_dir=self.cache_dir, controlnet=controlnet, low_memory=self.low_memory)
+                                       cache_dir=self.cache_dir, controlnet=controlnet, low_memory=self.low_memory,
+                                       compile=self.compile)
             self._attach_extras(self._pipe)
             self._key = key
         return self._pipe

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..cli.options import LowMemoryOpt
+from ..cli.options import CompileOpt, LowMemoryOpt
 from ..executors.options import ExecutorOpt, GpusPerWorkerOpt, RayAddressOpt, WorkersOpt
 from ..errors import InvalidRequestError
 from ..executors.base import ExecutorOptions
@@ -26,6 +26,7 @@ def serve(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")] = "cpu",
     dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = "float32",
     low_memory: LowMemoryOpt = False,
+    compile: CompileOpt = False,
     auth: Annotated[Optional[str], typer.Option(
         help="USER:PASS[,USER:PASS...] for HTTP Basic on every route. Visible in `ps`: prefer --auth-file.")] = None,
     auth_file: Annotated[Optional[Path], typer.Option(help="A file of USER:PASS lines.")] = None,
@@ -52,7 +53,12 @@ def serve(
                               auth=auth, auth_file=auth_file, queue_size=queue_size, job_timeout=job_timeout,
                               outputs=outputs, max_pixels=max_pixels, max_body_mb=max_body_mb, cors_origin=cors_origin,
                               styles_file=styles_file, embeddings_dir=embeddings_dir, lora_dir=lora_dir,
-                              executor=ExecutorOptions(executor, ray_address, workers, gpus_per_worker), low_memory=low_memory)
+                              executor=ExecutorOptions(executor, ray_address, workers, gpus_per_worker), low_memory=low_memory,
+                              compile=compile)
+    if compile:  # this process is the CLI's: inductor's kernel cache goes where generate --compile puts it
+        from ..cli.loading import use_inductor_cache
+
+        use_inductor_cache()
     run(settings)
 
 
@@ -60,7 +66,8 @@ def build_settings(*, host: str, port: int, models_dir: list[Path] | None, model
                    auth: str | None, auth_file: Path | None, queue_size: int, job_timeout: float, outputs: Path,
                    max_pixels: int, max_body_mb: float, cors_origin: list[str] | None, styles_file: Path | None = None,
                    embeddings_dir: Path | None = None, lora_dir: Path | None = None,
-                   executor: ExecutorOptions = ExecutorOptions(), low_memory: bool = False) -> Settings:
+                   executor: ExecutorOptions = ExecutorOptions(), low_memory: bool = False,
+                   compile: bool = False) -> Settings:
     """Settings from the options; every mistake is an InvalidRequestError naming the option."""
     from ..devices import parse_device, parse_dtype
 
@@ -85,7 +92,7 @@ def build_settings(*, host: str, port: int, models_dir: list[Path] | None, model
                         styles_file=styles_file.expanduser() if styles_file else None,
                         embeddings_dir=embeddings_dir.expanduser() if embeddings_dir else None,
                         lora_dir=lora_dir.expanduser() if lora_dir else None,
-                        executor=executor, low_memory=low_memory)
+                        executor=executor, low_memory=low_memory, compile=compile)
     return settings.check()
 
 

@@ -105,7 +105,7 @@ class Registry:
             cn_path = str(self.controlnets[controlnet].path) if controlnet else None
             self._pipe = load_pipeline(str(entry.path), device=self.settings.device, dtype=self.settings.dtype,
                                        depth_model=depth_path, cache_dir=self.settings.cache_dir, controlnet=cn_path,
-                                       low_memory=self.settings.low_memory)
+                                       low_memory=self.settings.low_memory, compile=self.settings.compile)
             self.extras.attach(self._pipe)
             self._key = key
             return self._pipe

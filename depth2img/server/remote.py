@@ -80,7 +80,8 @@ class RayWorker(JobControl):
         cache = str(self.settings.cache_dir.resolve())
         extras = tuple(str(p.resolve()) if p else None
                        for p in (self.settings.styles_file, self.settings.embeddings_dir, self.settings.lora_dir))
-        self.actors = [remote.remote(self.settings.device, self.settings.dtype, cache, 1, extras, self.settings.low_memory)
+        self.actors = [remote.remote(self.settings.device, self.settings.dtype, cache, 1, extras, self.settings.low_memory,
+                                     self.settings.compile)
                        for _ in range(count)]
         log.info("serving with %d Ray actors", count)
 

@@ -43,6 +43,7 @@ class Settings:
     lora_dir: Path | None = None
     executor: ExecutorOptions = ExecutorOptions()  # local: the worker thread runs jobs; ray: remote actors (remote.py)
     low_memory: bool = False  # --low-memory (lowmem.py), as generate's: every model load (local or Ray actor) uses it
+    compile: bool = False  # --compile (compiled.py), as generate's: every model load (local or Ray actor) uses it
 
     @property
     def max_body_bytes(self) -> int:
