@@ -25,7 +25,7 @@ from PIL import Image
 
 from . import __version__, a1111
 from .backends import Backend, Conditioning, select_backend
-from .caches import LRUCache, depth_key, text_key
+from .caches import LRUCache, depth_key, module_identity, text_key
 from .depth import (
     DepthMaps,
     adjust_depth,
@@ -519,9 +519,15 @@ def encode_sdxl_prompt(pipe: Pipeline, prompt: str, negative: str, batch: int, g
     from .backends.sdxl_text import encode_sdxl_text
 
     def encode(text: str) -> Conditioning:
-        with on_device(pipe, pipe.text_encoder, pipe.device), on_device(pipe, pipe.text_encoder_2, pipe.device):
-            return encode_sdxl_text([pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder, pipe.text_encoder_2], text,
-                                    pipe.device, pipe.dtype).repeat(batch)
+        def compute() -> Conditioning:
+            with on_device(pipe, pipe.text_encoder, pipe.device), on_device(pipe, pipe.text_encoder_2, pipe.device):
+                return encode_sdxl_text([pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder, pipe.text_encoder_2], text,
+                                        pipe.device, pipe.dtype)
+
+        # (1, 77, D1 + D2) and the pooled (1, P), cached as SD's one-encoder path (caches.py): both encoders' identities
+        key = text_key(text, pipe.text_encoder, pipe.tokenizer, None, (), pipe.device, pipe.dtype) + (
+            "sdxl", module_identity(pipe.text_encoder_2), id(pipe.tokenizer_2))
+        return pipe.text_cache.get_or_compute(key, compute).repeat(batch)  # repeat: new tensors, the cached ones stay
 
     return encode(prompt), encode(negative) if guidance else None
 

@@ -123,3 +123,24 @@ def test_lru_is_bounded():
     calls = []
     cache.get_or_compute("a", lambda: calls.append(1) or "A")
     assert calls == [1]  # the oldest entry was evicted
+
+
+def test_sdxl_text_cache_hit_and_invalidation():
+    """SDXL's two encoders (backends/sdxl_text.py) go through the same cache: a repeated prompt runs neither, a
+    change to either encoder's weights runs both again, and a cached run equals an uncached one bit for bit."""
+    from depth2img.models.controlnet import attach_controlnet, tiny_base
+
+    sdxl = Pipeline(attach_controlnet(tiny_base("tiny-sdxl"), "tiny-controlnet-sdxl"))
+    fields = dict(**FIELDS, image=photo("chelsea", (64, 48)),
+                  depth_map=np.linspace(0, 1, 48 * 64, dtype=np.float32).reshape(48, 64))
+    with spy(sdxl.text_encoder) as first, spy(sdxl.text_encoder_2) as second:
+        a = pixels(sdxl.generate(**fields))
+        assert (first.call_count, second.call_count) == (2, 2)  # prompt and negative
+        b = pixels(sdxl.generate(**fields))
+        assert (first.call_count, second.call_count) == (2, 2)  # repeated: no encoder runs
+        with torch.no_grad():
+            next(sdxl.text_encoder_2.parameters()).mul_(1.0)  # an in-place write, same values: the key must change
+        c = pixels(sdxl.generate(**fields))
+        assert (first.call_count, second.call_count) == (4, 4)
+    sdxl.text_cache = LRUCache(0)
+    assert np.array_equal(a, b) and np.array_equal(a, c) and np.array_equal(a, pixels(sdxl.generate(**fields)))
