@@ -137,7 +137,7 @@ class Pipeline:
         self.low_memory = low_memory
         self.releaser = enable_low_memory(self) if low_memory else None
         # compile (compiled.py): the UNet through torch.compile; self.unet stays the eager module.
-        self.compiled_unet = CompiledUNet(self.unet, self.device) if compile else None
+        self.compiled_unet = CompiledUNet(self.unet, self.device, low_memory=low_memory) if compile else None
         self.text_cache = LRUCache(32)  # (1, 77·chunks, D) per text; the negative/unconditional one included
         self.depth_cache = LRUCache(8)  # (1, h, w) raw estimate per image content + estimator
 

@@ -151,3 +151,9 @@ def test_serve_batch_video_and_workers_pass_compile_to_every_model_load(tmp_path
         CliRunner().invoke(app, [command, "--model", "tiny", "--input", str(tmp_path / command), *target, "--compile",
                                  "--steps", "2", "--prompt", "x"])
         assert loads and all(k.get("compile") is True for k in loads), (command, loads)
+
+
+def test_compile_with_low_memory_says_what_it_costs():
+    pipe = load_pipeline("tiny", compile=True, low_memory=True)  # nothing compiles until the first call
+    assert [n for n in pipe.compiled_unet.take_notes() if n.startswith("--compile with --low-memory")]
+    assert load_pipeline("tiny", compile=True).compiled_unet.take_notes() == []
