@@ -23,6 +23,7 @@ pipelines) and no NGMS; A1111 has NGMS inside its sampler; neither wraps an arbi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,14 @@ class SkipUncondDenoiser:
 
 
 class Autocast:
-    """The model call under ``torch.autocast(device.type, dtype)``; eps comes back in the latents' dtype."""
+    """The model call under ``torch.autocast(device.type, dtype)``; eps comes back in the latents' dtype.
+
+    Run the loop inside :func:`precision_region` as well: torch caches the 16-bit copies of the weights only
+    within one autocast region (for parameters that require grad, as loaded modules' do) and drops them when
+    the outermost region exits, so a region per call re-casts every weight at every step (the full SD2 UNet:
+    3.5 GB read, 1.7 GB written per call). Measured on an AMX CPU, full-size UNet, latent 8, 1 thread: fp32
+    1.50 s per CFG call, autocast per call 1.62 s, inside one region 0.74 s after the first call.
+    """
 
     def __init__(self, model: Any, device: torch.device, dtype: torch.dtype) -> None:
         self.model, self.device, self.dtype = model, device, dtype
@@ -174,6 +182,14 @@ class DeepCacheUNet:
                 handle.remove()
         self.caches[tuple(sample.shape)] = cache
         return out
+
+
+def precision_region(model: Any) -> contextlib.AbstractContextManager[Any]:
+    """One autocast region spanning the whole denoising loop when ``model`` is :class:`Autocast` (see there),
+    else nothing. It costs the 16-bit weight copies' memory for the loop's duration (1.7 GB for SD2's UNet)."""
+    if isinstance(model, Autocast):
+        return torch.autocast(model.device.type, dtype=model.dtype)
+    return contextlib.nullcontext()
 
 
 def _cached(output: Any, *args: Any, **kwargs: Any) -> Any:

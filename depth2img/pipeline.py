@@ -37,7 +37,8 @@ from .depth import (
     normalize_depth,
 )
 from .devices import depth_device, parse_device, parse_dtype
-from .fast import Autocast, DeepCacheUNet, SkipUncondDenoiser, low_precision_dtype, native_low_precision, resolve_fast, sigma_of
+from .fast import (Autocast, DeepCacheUNet, SkipUncondDenoiser, low_precision_dtype, native_low_precision, precision_region,
+                   resolve_fast, sigma_of)
 from .lowmem import enable_low_memory, held, on_device
 from .compiled import CompiledUNet
 from .errors import GenerationCancelled, InvalidRequestError, NonFiniteOutputError
@@ -257,14 +258,15 @@ class Pipeline:
                 notes.append(f"low_precision: this {self.device.type} has no native 16-bit units; it is emulated and "
                              "may be slower than float32")
             model = Autocast(model, self.device, low_precision_dtype(self.device))
-        latents = denoise(
-            scheduler,
-            model,
-            latents,
-            timesteps,
-            extra_step_kwargs=extra_step_kwargs,
-            on_step=_step_reporter(callback),
-        )
+        with precision_region(model):  # low_precision: one autocast region, so weights are cast once per run (fast.py)
+            latents = denoise(
+                scheduler,
+                model,
+                latents,
+                timesteps,
+                extra_step_kwargs=extra_step_kwargs,
+                on_step=_step_reporter(callback),
+            )
 
         # 6. Decode, refusing to return NaN/black images; inpainting puts the original back where kept.
         images = self.decode(latents, notes)

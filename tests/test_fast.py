@@ -126,6 +126,29 @@ def test_bf16_path_is_finite_and_active(pipe, image, exact):
     assert any("emulated" in w for w in result.warnings)  # no native units: said, not hidden
 
 
+def test_low_precision_casts_each_weight_once_per_run_not_per_step(pipe, image):
+    """torch.autocast caches the 16-bit copy of a weight only within one region: the loop runs in one, so the
+    UNet's weights are cast once per image, not at each of the 6 steps (what made bf16 no faster than fp32)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    weight = pipe.unet.conv_in.weight
+
+    class CountCasts(TorchDispatchMode):  # torch's own op stream, below autocast: what actually ran
+        casts = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.ops.aten._to_copy.default and args[0].data_ptr() == weight.data_ptr() and \
+                    kwargs.get("dtype") == torch.bfloat16:
+                CountCasts.casts += 1
+            return func(*args, **kwargs)
+
+    with CountCasts():
+        result = pipe.generate(image=image, **BASE, low_precision=True)
+    assert np.isfinite(pixels(result)).all()
+    assert CountCasts.casts == 1
+
+
 def test_fast_bundle(pipe, image, exact):
     result, latents = generate_with_latents(pipe, image=image, **BASE, fast=True)
     _, exact_latents = generate_with_latents(pipe, image=image, **BASE)

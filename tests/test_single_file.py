@@ -245,3 +245,28 @@ def test_buffers_not_in_the_file_equal_a_plainly_built_model(tiny_components):
         assert buffers or part == "depth_estimator", part  # DPT-Hybrid has none; CLIP has position_ids
         for name, b in buffers.items():
             assert torch.equal(b, expected[name]), f"{part}.{name} differs from a plainly built model"
+
+
+def test_single_file_low_precision_casts_each_weight_once_per_run(tiny_components):
+    """The single-file loader's modules behave as diffusers' from_pretrained ones under torch.autocast: the
+    UNet's weights are cast to bf16 once per image (autocast caches casts only of parameters that require
+    grad; this loader once switched that off, so every step re-cast every weight)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from depth2img import pipeline
+
+    pipe = pipeline.load_pipeline(tiny_components)
+    weight = pipe.unet.conv_in.weight
+    casts = []
+
+    class CountCasts(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.ops.aten._to_copy.default and args[0].data_ptr() == weight.data_ptr():
+                casts.append(kwargs.get("dtype"))
+            return func(*args, **kwargs)
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    with CountCasts():
+        pipe.generate(prompt="a cat", image=img, steps=4, strength=1.0, seed=1, scheduler="euler", low_precision=True)
+    assert casts == [torch.bfloat16]

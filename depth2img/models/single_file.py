@@ -108,7 +108,10 @@ def load_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], part: str, dty
             )
     cast = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() and v.dtype != dtype else v) for k, v in sd.items()}
     model.load_state_dict(cast, strict=True, assign=True)
-    return model.eval().requires_grad_(False)
+    # Parameters keep requires_grad, as diffusers' from_pretrained leaves them (generation runs under no_grad):
+    # torch.autocast caches its 16-bit weight copies only for such parameters, and the low-precision mode
+    # relies on that cache to cast each weight once per image, not at every step (fast.precision_region).
+    return model.eval()
 
 
 def check_consumed(sd: Mapping[str, torch.Tensor], prefix: str, model: nn.Module, original_name: Any,
