@@ -7,6 +7,10 @@ SD2-depth-shaped UNet of bench_vs_diffusers.py (4 levels, attention in 3, 64-dim
 says how far a knob moves the sampler, not how a real picture looks; timings include the tiny VAE/DPT.
 
     .venv/bin/python benchmarks/bench_fast.py --size 128 --steps 10 --repeats 2
+    .venv/bin/python benchmarks/bench_fast.py --size 64 --steps 10 --model /tmp/d2i-perf/diffusers   # full size
+
+``--model``: any model depth2img loads instead of the small UNet, e.g. the full-size random-weight SD2-depth
+folder that ``bench_perf.py --keep-files`` leaves in its workdir (there the UNet dominates, as in real use).
 """
 
 from __future__ import annotations
@@ -47,13 +51,19 @@ def main() -> None:
     parser.add_argument("--strength", type=float, default=1.0)
     parser.add_argument("--scheduler", default="dpmpp_2m_karras")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--model", help="a model to load instead of the small UNet (folder, file or built-in name)")
     args = parser.parse_args()
 
     from PIL import Image
     from skimage import data
 
     image = Image.fromarray(data.astronaut()).resize((args.size, args.size), Image.Resampling.LANCZOS)
-    pipe = Pipeline(small_components())
+    if args.model:
+        from depth2img import load_pipeline
+
+        pipe = load_pipeline(args.model)
+    else:
+        pipe = Pipeline(small_components())
     base = dict(prompt="a marble statue", negative_prompt="blurry", image=image, seed=1, steps=args.steps,
                 strength=args.strength, scheduler=args.scheduler, guidance_scale=7.5)
     pipe.generate(**base)  # warm-up; also fills the exact-mode caches, so the timings below are UNet + VAE
@@ -75,7 +85,7 @@ def main() -> None:
             times[label].append(t)
     assert exact_image is not None
     exact = statistics.median(exact_times)
-    print(f"# bench_fast: small SD2-depth-shaped UNet, {args.size}px, {args.steps} steps x strength {args.strength}, "
+    print(f"# bench_fast: {args.model or 'small SD2-depth-shaped UNet'}, {args.size}px, {args.steps} steps x strength {args.strength}, "
           f"{args.scheduler}, {args.repeats} repeats, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"native bf16: {native_low_precision(torch.device('cpu'))}")
     print(f"# exact: median {exact:.3f} s (min {min(exact_times):.3f})")
