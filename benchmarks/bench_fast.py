@@ -89,7 +89,7 @@ def main() -> None:
           f"{args.scheduler}, {args.repeats} repeats, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"native bf16: {native_low_precision(torch.device('cpu'))}")
     print(f"# exact: median {exact:.3f} s (min {min(exact_times):.3f})")
-    print(f"| knob | median s | speed-up (exact ÷ knob) | max |Δpx| | mean |Δpx| | PSNR dB |")
+    print("| knob | median s | speed-up (exact ÷ knob) | max |Δpx| | mean |Δpx| | PSNR dB |")
     print("|---|---:|---:|---:|---:|---:|")
     for label in KNOBS:
         median = statistics.median(times[label])

@@ -115,44 +115,6 @@ def test_cli_inductor_cache_default(monkeypatch, tmp_path):
     assert use_inductor_cache() == tmp_path / "mine"  # the user's choice wins
 
 
-def test_serve_batch_video_and_workers_pass_compile_to_every_model_load(tmp_path, monkeypatch):
-    """--compile reaches every load (the server's registry, its Ray actors, batch/video and their workers); the
-    compile itself happens at the first call, so these loads stay cheap."""
-    import dataclasses
-    import sys
-    import types
-
-    from depth2img.executors.base import ModelSpec
-    from depth2img.server.actor import JobActor
-    from depth2img.server.registry import Registry
-
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # a load may point it; restored after
-    for command in ("serve", "batch", "video", "generate"):
-        assert "--compile" in CliRunner().invoke(app, [command, "--help"], terminal_width=200).output, command
-    seen = {}
-    monkeypatch.setattr("depth2img.server.command.run", lambda settings, *a, **k: seen.setdefault("settings", settings))
-    result = CliRunner().invoke(app, ["serve", "--compile", "--outputs", str(tmp_path / "out")])
-    assert result.exit_code == 0, result.output
-    settings = seen["settings"]
-    assert settings.compile
-    assert Registry(dataclasses.replace(settings, model="tiny")).get("tiny").compiled_unet is not None
-    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(  # only the actor's load path is under test
-        get_runtime_context=lambda: types.SimpleNamespace(get_node_id=lambda: "node")))
-    actor = JobActor("cpu", "float32", str(tmp_path / "cache"), None, (None, None, None), False, settings.compile)
-    assert actor._pipeline(("tiny", None, None)).compiled_unet is not None
-    assert ModelSpec("tiny", compile=True).load().compiled_unet is not None
-    assert ModelSpec("tiny").load().compiled_unet is None
-    for command, module in (("batch", "depth2img.cli.batch"), ("video", "depth2img.cli.video")):
-        loads = []
-        monkeypatch.setattr(f"{module}.load", lambda *a, **k: loads.append(k) or load_pipeline("tiny"))
-        (tmp_path / command).mkdir()
-        photo("astronaut", (64, 64)).save(tmp_path / command / "a.png")
-        target = ["--output", str(tmp_path / f"{command}-out")] if command == "batch" else ["--output", str(tmp_path / "v.mp4")]
-        CliRunner().invoke(app, [command, "--model", "tiny", "--input", str(tmp_path / command), *target, "--compile",
-                                 "--steps", "2", "--prompt", "x"])
-        assert loads and all(k.get("compile") is True for k in loads), (command, loads)
-
-
 def test_compile_with_low_memory_says_what_it_costs():
     pipe = load_pipeline("tiny", compile=True, low_memory=True)  # nothing compiles until the first call
     assert [n for n in pipe.compiled_unet.take_notes() if n.startswith("--compile with --low-memory")]

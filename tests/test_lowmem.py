@@ -4,8 +4,6 @@ a low-memory generation equals a normal one. Reference: diffusers' AutoencoderKL
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -200,43 +198,6 @@ def test_the_spill_folder_goes_with_the_pipeline():
     del low
     gc.collect()
     assert not folder.exists()
-
-
-def test_serve_batch_and_video_pass_low_memory_to_every_model_load(tmp_path, monkeypatch):
-    import sys
-    import types
-
-    from depth2img.cli import app
-    from depth2img.executors.base import ModelSpec
-    from depth2img.server.actor import JobActor
-    from depth2img.server.registry import Registry
-
-    for command in ("serve", "batch", "video"):
-        assert "--low-memory" in CliRunner().invoke(app, [command, "--help"], terminal_width=200).output, command
-    # serve --low-memory reaches the settings, and the registry's loads use them
-    seen = {}
-    monkeypatch.setattr("depth2img.server.command.run", lambda settings, *a, **k: seen.setdefault("settings", settings))
-    result = CliRunner().invoke(app, ["serve", "--low-memory", "--outputs", str(tmp_path / "out")])
-    assert result.exit_code == 0, result.output
-    settings = seen["settings"]
-    assert settings.low_memory
-    assert Registry(dataclasses.replace(settings, model="tiny")).get("tiny").releaser is not None
-    # a Ray actor of the server (ray itself stubbed: only the load path is under test)
-    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(
-        get_runtime_context=lambda: types.SimpleNamespace(get_node_id=lambda: "node")))
-    actor = JobActor("cpu", "float32", str(tmp_path / "cache"), None, (None, None, None), settings.low_memory)
-    assert actor._pipeline(("tiny", None, None)).releaser is not None
-    # batch/video: the local load and the workers' ModelSpec
-    loads = []
-    tiny = Pipeline(tiny_components(depth=True, vae_scale_factor=8))
-    monkeypatch.setattr("depth2img.cli.batch.load", lambda *a, **k: loads.append(k) or tiny)
-    (tmp_path / "in").mkdir()
-    photo("astronaut", (64, 64)).save(tmp_path / "in" / "a.png")
-    CliRunner().invoke(app, ["batch", "--model", "tiny", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"),
-                             "--low-memory", "--steps", "2"])
-    assert loads and all(k.get("low_memory") is True for k in loads), loads
-    assert ModelSpec("tiny", low_memory=True).load().releaser is not None
-    assert ModelSpec("tiny").load().releaser is None
 
 
 @pytest.mark.skipif(not __import__("pathlib").Path("/proc/self/maps").exists(), reason="needs Linux /proc")

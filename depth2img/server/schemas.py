@@ -9,7 +9,6 @@ authoritative check stays ``GenerationRequest.validate`` (it runs again in the w
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
