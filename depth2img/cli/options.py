@@ -54,17 +54,13 @@ LoraDirOpt = Annotated[
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or mps.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, float16 or bfloat16.")]
-LowMemoryOpt = Annotated[bool, typer.Option("--low-memory", help="VAE tiling and slicing (1024-2048 px decodes fit); "
-                                            "the text encoder and depth estimator are kept out of memory between uses "
-                                            "(CUDA: on the CPU; CPU/MPS: released, restored from a temporary file).")]
-CompileOpt = Annotated[bool, typer.Option(
-    "--compile", help="Run the UNet through torch.compile (same math, not bit-for-bit): the first picture of each size "
-    "compiles first (minutes on a CPU; seconds later from the cache in ~/.cache/depth2img/inductor, or "
-    "$TORCHINDUCTOR_CACHE_DIR). Runs with DeepCache or a LoRA use the plain UNet.")]
 ThreadsOpt = Annotated[
     Optional[int],
     typer.Option("--threads", min=1, help="CPU threads for torch in this process (default: torch's, one per core)."),
 ]
+
+# -- load options: declared in load_options.py (the server shares them) --
+from ..load_options import CompileOpt, LowMemoryOpt  # noqa: E402,F401
 
 # -- where the items run (depth2img/executors): declared in executors/options.py (the server shares them) --
 from ..executors.options import (ExecutorOpt, GpusPerWorkerOpt, MaxFailuresOpt, RayAddressOpt,  # noqa: E402,F401

@@ -9,10 +9,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..cli.options import CompileOpt, LowMemoryOpt
 from ..executors.options import ExecutorOpt, GpusPerWorkerOpt, RayAddressOpt, WorkersOpt
 from ..errors import InvalidRequestError
 from ..executors.base import ExecutorOptions
+from ..load_options import CompileOpt, LowMemoryOpt
 from .settings import Settings, parse_credentials
 
 
