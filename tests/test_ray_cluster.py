@@ -24,10 +24,11 @@ from depth2img.request import GenerationRequest
 
 from ._ray import OBJECT_STORE, make_folder, ray_environment, ray_processes
 
-# 16 steps: each item takes long enough that the lost node still holds unfinished work when it is killed.
-# With 2 steps an actor could finish both of its in-flight items while the driver handled the 4th result,
-# and the failover went unexercised (a CI run saw no requeued item).
-REQUEST = GenerationRequest(image="(each input)", prompt="a castle", steps=16, strength=1.0, seed=100)
+# 100 steps: each item takes long enough (~1 s on the fastest machine seen, 0.17 s per 16 steps there) that the
+# lost node still holds unfinished work when it is killed. With 2 steps, and later with 16 on a faster machine, an
+# actor could finish both of its in-flight items while the driver handled the 4th result and the node was
+# removed, and the failover went unexercised (CI runs saw no requeued item).
+REQUEST = GenerationRequest(image="(each input)", prompt="a castle", steps=100, strength=1.0, seed=100)
 
 
 @pytest.fixture(scope="module")
