@@ -48,10 +48,10 @@ def check_compiler(device: torch.device) -> None:
 class CompiledUNet:
     """``torch.compile(unet)`` called as the UNet, timing the first call of each input signature."""
 
-    def __init__(self, unet: Any, device: torch.device, mode: str | None = None, low_memory: bool = False) -> None:
+    def __init__(self, unet: Any, device: torch.device, low_memory: bool = False) -> None:
         check_compiler(device)
         self.unet = unet
-        self.compiled = torch.compile(unet, mode=mode, dynamic=False)
+        self.compiled = torch.compile(unet, dynamic=False)  # inductor's default mode (CUDA graphs: not tested here)
         # On a CPU: inductor's "freezing" (weights as constants, prepacked for oneDNN's convolutions and
         # matmuls; PyTorch's recommended setting for CPU inference): the compiled UNet call took 0.55x the
         # eager one here, while without it the compiled call was 1.6-2x *slower* (benchmarks/bench_perf.py
@@ -59,7 +59,7 @@ class CompiledUNet:
         # ``options={"freezing": True}`` did not turn it on (measured: same speed as without), so each call of
         # the compiled module runs inside ``config.patch`` (set for the call, restored after it) instead of
         # changing the process's config for good.
-        self.freezing = device.type == "cpu" and mode is None
+        self.freezing = device.type == "cpu"
         self.first_calls: dict[tuple[Any, ...], float] = {}  # signature -> seconds of its first call
         self.pending: list[str] = []  # notes not yet handed to a Result
         if self.freezing and low_memory:  # said, not hidden: the two options pull in opposite directions

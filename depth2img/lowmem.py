@@ -142,8 +142,8 @@ class Releaser:
         self.restores = 0  # how many times a module came back (tests and benchmarks read it)
 
     def is_released(self, module: torch.nn.Module) -> bool:
-        spill = self._spills.get(id(module))
-        return spill is not None and spill.module is module and spill.released
+        spill = self._spill_of(module)
+        return spill is not None and spill.released
 
     def hold(self, module: torch.nn.Module, restore: bool = True) -> None:
         with self._lock:
