@@ -380,12 +380,7 @@ def vmhwm():
             return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
-def vmrss():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
+{vmrss}
 RSS = {{}}
 
 def image():
@@ -474,12 +469,28 @@ def warm_page_cache(*paths: Path) -> None:
                 pass
 
 
-def child(what: str, path: Path, extra: str, size: int, threads: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD.format(root=str(ROOT), threads=threads), what, str(path), extra, str(size)],
-                         capture_output=True, text=True)
+# VmRSS of the child process itself, for both child scripts (CHILD, COMPILE_CHILD)
+VMRSS = r"""
+def vmrss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+"""
+
+
+def run_child(what: str, script: str, argv: list[str], threads: int, env: dict[str, str] | None = None) -> dict:
+    """Run a child script (formatted with this checkout, the thread count and VMRSS) in a fresh process; its
+    last stdout line is the JSON result."""
+    code = script.format(root=str(ROOT), threads=threads, vmrss=VMRSS)
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"{what} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def child(what: str, path: Path, extra: str, size: int, threads: int) -> dict:
+    return run_child(what, CHILD, [what, str(path), extra, str(size)], threads)
 
 
 def memory(files: dict[str, Path], args: argparse.Namespace, rows: list[dict]) -> None:
@@ -560,17 +571,16 @@ unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet").eval()
 compiled = CompiledUNet(unet, torch.device("cpu"))
 x = torch.randn(2, unet.config.in_channels, latent, latent)  # (2, 5, L, L): one CFG call
 e = torch.randn(2, 77, unet.config.cross_attention_dim)
-def rss():
-    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmRSS:"))
+{vmrss}
 def call(model):
     t = time.perf_counter()
     model(x, torch.tensor(500), encoder_hidden_states=e, return_dict=False)
     return time.perf_counter() - t
 with torch.no_grad():
     call(unet)  # eager warm-up
-    before = rss()
+    before = vmrss()
     first = call(compiled)
-    after = rss()
+    after = vmrss()
     eager, fast = [], []
     for _ in range(repeats):  # interleaved, so load changes hit both alike
         eager.append(call(unet))
@@ -588,11 +598,8 @@ def compile_section(files: dict[str, Path], args: argparse.Namespace, rows: list
     latent = args.latents[0] if args.quick else 16
     runs = []
     for _ in range(2):  # 1st: empty cache (compiles); 2nd: a fresh process reading what the 1st left
-        out = subprocess.run([sys.executable, "-c", COMPILE_CHILD.format(root=str(ROOT), threads=args.threads),
-                              str(files["folder"]), str(latent), str(max(args.repeats, 2))], capture_output=True, text=True, env=env)
-        if out.returncode != 0:
-            raise RuntimeError(f"compile child failed:\n{out.stderr[-3000:]}")
-        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        runs.append(run_child("compile child", COMPILE_CHILD, [str(files["folder"]), str(latent), str(max(args.repeats, 2))],
+                              args.threads, env=env))
     eager = stats(runs[0]["eager"] + runs[1]["eager"])
     for run, what in zip(runs, ("empty inductor cache (fresh process): compiles", "2nd fresh process, cache filled by the 1st")):
         rows.append(row("7 compile", f"UNet first call, latent {latent}, {what}", stats([run["first"]]), eager, "s",
