@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -208,11 +209,26 @@ async def job_events(job_id: str, request: Request, preview: int = Query(0, ge=0
     async def stream():
         last: tuple | None = None
         last_preview = 0
+        seen = None  # the running job's Progress: the worker keeps updating this object until the job ends
+
+        def progress_events(current: Any) -> Iterator[str]:
+            nonlocal last_preview
+            yield _event("progress", {"step": current.step, "total": current.total, "eta": current.eta})
+            latents = current.latents
+            if every and current.step - last_preview >= every and latents is not None:
+                last_preview = current.step
+                yield _event("preview", {"step": current.step, "image": png_b64(latent_preview(latents))})
+
         while True:
             job = await asyncio.to_thread(svc.store.get, job_id)
             if job is None:
                 return
             if job.state in FINAL:
+                # the stream polls: the last steps (and the decode after them) can end between two polls, so
+                # a finished job's final progress, read from the object the worker updated, is still sent
+                if job.state == "done" and seen is not None and last != ("running", seen.step):
+                    for event in progress_events(seen):
+                        yield event
                 yield _event(job.state, status(svc, job).model_dump())
                 return
             current = svc.worker.progress_of(job_id)
@@ -221,13 +237,10 @@ async def job_events(job_id: str, request: Request, preview: int = Query(0, ge=0
                 if key != last:
                     yield _event("queued", {"position": key[1]})
             elif current is not None:
-                key = ("running", current.step)
+                seen, key = current, ("running", current.step)
                 if key != last:
-                    yield _event("progress", {"step": current.step, "total": current.total, "eta": current.eta})
-                    latents = current.latents
-                    if every and current.step - last_preview >= every and latents is not None:
-                        last_preview = current.step
-                        yield _event("preview", {"step": current.step, "image": png_b64(latent_preview(latents))})
+                    for event in progress_events(current):
+                        yield event
             else:
                 key = last or ("running", -1)
             last = key
